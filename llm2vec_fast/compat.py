@@ -1,0 +1,79 @@
+"""Writing checkpoints that both transformers 5.x (ours) and the official llm2vec stack
+(transformers 4.44, tokenizers 0.19) read the same way.
+
+Each rule here was found the hard way (see ENVIRONMENT-NOTES.md):
+
+- config.json: 5.x writes rope settings as ``rope_parameters``; 4.44 reads ``rope_theta`` (and
+  ``rope_scaling``) and silently falls back to 10000 without it, so both are written.
+  ``_name_or_path``, which the official prompt wrapping keys on, is kept.
+- tokenizer.json: tokenizers 0.23 stores BPE merges as pairs; 0.19 reads only ``"a b"`` strings,
+  which 0.23 also reads.
+- tokenizer_config.json: 4.44 does not know the ``TokenizersBackend`` class 5.x writes;
+  ``PreTrainedTokenizerFast`` works in both, and ``model_input_names`` keeps 4.44 from passing
+  ``token_type_ids`` to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def _dump(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def config_dict(hf_config, name_or_path: str | None = None) -> dict:
+    """``hf_config`` as a config.json dict readable by transformers 4.44 and 5.x."""
+    d = hf_config.to_dict()
+    d.pop("transformers_version", None)
+    rope = d.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        d["rope_theta"] = rope["rope_theta"]
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" and not d.get("rope_scaling"):
+        d["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if name_or_path is None:
+        name_or_path = getattr(hf_config, "_name_or_path", "") or ""
+    d["_name_or_path"] = name_or_path
+    d.setdefault("torch_dtype", "float32")
+    return d
+
+
+def write_config(hf_config, out_dir: str | os.PathLike, name_or_path: str | None = None) -> Path:
+    path = Path(out_dir) / "config.json"
+    _dump(config_dict(hf_config, name_or_path), path)
+    return path
+
+
+def make_tokenizer_files_compatible(out_dir: str | os.PathLike) -> None:
+    """Rewrite a saved tokenizer's files so tokenizers 0.19 / transformers 4.44 read them too."""
+    d = Path(out_dir)
+    tj = d / "tokenizer.json"
+    data = json.loads(tj.read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    merges = model.get("merges")
+    if merges and isinstance(merges[0], list):
+        if any(" " in a or " " in b for a, b in merges):
+            raise ValueError(
+                "a BPE merge contains a space; it cannot be written in the legacy form"
+            )
+        model["merges"] = [f"{a} {b}" for a, b in merges]
+    with open(tj, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+    tc = d / "tokenizer_config.json"
+    cfg = json.loads(tc.read_text(encoding="utf-8")) if tc.is_file() else {}
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["model_input_names"] = ["input_ids", "attention_mask"]
+    _dump(cfg, tc)
+
+
+def write_tokenizer(tokenizer, out_dir: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(out_dir)``, then made readable by the official stack."""
+    tokenizer.save_pretrained(str(out_dir))
+    make_tokenizer_files_compatible(out_dir)

@@ -1,0 +1,573 @@
+"""``LLM2Vec``: the official library's API over llm2vec-fast's packed encoder.
+
+Same ``from_pretrained`` / ``encode`` / ``tokenize`` / ``forward`` / ``save`` as the official
+``llm2vec.LLM2Vec`` (0.2.3), same embeddings to float32 rounding. Where the official code has
+a bug we do the sensible thing instead, and say so (README, "Differences from llm2vec"):
+
+- ``encode("a string")`` embeds the string (one vector of shape ``[hidden]``); the official
+  library iterates over its characters.
+- In a list mixing plain strings and ``[instruction, text]`` pairs, a plain string is a text
+  without instruction (the official library decides the form from ``sentences[0]`` only).
+- A text whose pooled span is empty (an empty text with ``skip_instruction``) pools its whole
+  sequence in ``mean`` mode (the official library averages its padded row, which depends on the
+  rest of the batch); ``weighted_mean`` gives a zero vector, as the official library does.
+- ``bos_token`` pools the first BOS token of each sequence and raises a clear error when there is
+  none (the official library's output shape breaks in both cases).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm2vec_fast.kernels import segment_pool
+from llm2vec_fast.loading import (
+    CheckpointError,
+    apply_adapter,
+    build_encoder,
+    gguf_to_safetensors,
+    is_adapter_dir,
+    load_encoder,
+    load_hf_config,
+    read_json,
+    read_state_dict,
+)
+from llm2vec_fast.packing import PackedBatch, pack_token_ids
+
+SEP = "!@#$%^&*()"
+LLM2VEC_POOLING_MODES = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token")
+ENCODER_ARGS = ("pooling_mode", "max_length", "doc_max_length", "skip_instruction")
+LLM2VEC_CONFIG = "llm2vec_config.json"
+
+# The official prompt wrapping, keyed on config ``_name_or_path``.
+_LLAMA3_INSTRUCT = "meta-llama/Meta-Llama-3-8B-Instruct"
+_INST_MODELS = ("mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-2-7b-chat-hf")
+_GEMMA_IT = ("google/gemma-2-9b-it",)
+_QWEN_INSTRUCT = ("Qwen/Qwen2-1.5B-Instruct", "Qwen/Qwen2-7B-Instruct")
+# The literal text appended in eos_token mode, by model family.
+_EOS_TEXT = {"llama": " </s>", "mistral": " </s>", "gemma": "<eos>", "qwen2": "<|endoftext|>"}
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """A torch dtype from a dtype, its name (``"bfloat16"``, ``"bf16"`` ...) or None (float32)."""
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        return dtype
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in _DTYPES:
+        return _DTYPES[dtype.replace("torch.", "")]
+    raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LLM2Vec(nn.Module):
+    """A text encoder built from a decoder-only LLM the LLM2Vec way.
+
+    Args:
+        model: an :class:`~llm2vec_fast.model.EncoderModel` (or a ``PeftModel`` around one).
+        tokenizer: a transformers tokenizer (fast).
+        pooling_mode: ``mean``, ``weighted_mean``, ``eos_token``, ``last_token`` or ``bos_token``.
+        max_length: token limit of a sequence (instruction + text); longer ones are cut on the right.
+        doc_max_length: a text over this many tokens is first cut to fewer words (official rule).
+        skip_instruction: pool the text's tokens only; the instruction is attended to, not pooled.
+        name_or_path: the checkpoint's ``_name_or_path`` (selects the official prompt wrapping).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        pooling_mode: str = "mean",
+        max_length: int = 512,
+        doc_max_length: int = 400,
+        skip_instruction: bool = True,
+        name_or_path: str | None = None,
+    ):
+        super().__init__()
+        if pooling_mode not in LLM2VEC_POOLING_MODES:
+            raise ValueError(
+                f"unknown pooling_mode {pooling_mode!r}; expected one of {LLM2VEC_POOLING_MODES}"
+            )
+        for name, value in (("max_length", max_length), ("doc_max_length", doc_max_length)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling_mode = pooling_mode
+        self.max_length = max_length
+        self.doc_max_length = doc_max_length
+        self.skip_instruction = bool(skip_instruction)
+        self.config = model.config
+        if name_or_path is None:
+            name_or_path = getattr(model.config, "_name_or_path", "") or ""
+        self.name_or_path = name_or_path
+        self.family = model.config.model_type
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model_name_or_path: str | os.PathLike | None = None,
+        peft_model_name_or_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        merge_peft: bool = False,
+        enable_bidirectional: bool = True,
+        *,
+        base_weights_path: str | os.PathLike | None = None,
+        torch_dtype=None,
+        device: str | torch.device | None = None,
+        attn_implementation: str = "sdpa",
+        **kwargs,
+    ) -> LLM2Vec:
+        """Load an encoder from local paths (nothing is downloaded).
+
+        Args:
+            base_model_name_or_path: an HF checkpoint directory (config.json + safetensors,
+                sharded or not), a directory in the published LLM2Vec layout (config.json plus
+                an MNTP adapter, merged on load), or a ``.gguf`` file. None: the embedded
+                default model, SmolLM2-135M-Instruct.
+            peft_model_name_or_path: a PEFT LoRA adapter directory applied on top (merged when
+                ``merge_peft``), or a list of them (all but the last are merged).
+            merge_peft: merge the last adapter into the weights (faster inference).
+            enable_bidirectional: False gives the causal model (the paper's baseline).
+            base_weights_path: the local base checkpoint for an adapter directory whose
+                ``base_model_name_or_path`` is a hub id.
+            torch_dtype: float32 (default), bfloat16 or float16; a dtype or its name.
+            device: where the model lives; default CUDA when available, else CPU.
+            attn_implementation: ``sdpa`` (default) or ``eager`` (the plain reference).
+            pooling_mode, max_length, doc_max_length, skip_instruction: override
+                ``llm2vec_config.json``.
+        """
+        encoder_args = {k: kwargs.pop(k) for k in ENCODER_ARGS if kwargs.get(k) is not None}
+        for k in ENCODER_ARGS:
+            kwargs.pop(k, None)
+        if kwargs.pop("trust_remote_code", False):
+            raise ValueError(
+                "llm2vec-fast runs its own model code; trust_remote_code is not supported"
+            )
+        if "torch_dtype" not in kwargs and "dtype" in kwargs:
+            torch_dtype = kwargs.pop("dtype")
+        kwargs.pop("low_cpu_mem_usage", None)
+        if kwargs:
+            raise TypeError(f"from_pretrained() got unexpected arguments: {sorted(kwargs)}")
+        dtype = resolve_dtype(torch_dtype)
+
+        if base_model_name_or_path is None:
+            from llm2vec_fast.default_model import default_model_path
+
+            base_dir = default_model_path()
+        else:
+            base_dir = Path(base_model_name_or_path)
+            if not base_dir.exists():
+                raise CheckpointError(
+                    f"model path {base_dir} does not exist (llm2vec-fast loads local paths only; "
+                    "there is no model hub here)"
+                )
+            if base_dir.is_file():
+                if base_dir.suffix.lower() != ".gguf":
+                    raise CheckpointError(
+                        f"{base_dir} is a file; expected a checkpoint directory or a .gguf file"
+                    )
+                base_dir = gguf_to_safetensors(base_dir)
+
+        model, name_or_path = _load_base(
+            base_dir,
+            base_weights_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            causal=not enable_bidirectional,
+        )
+
+        adapters: list = []
+        if peft_model_name_or_path is not None:
+            if isinstance(peft_model_name_or_path, (str, os.PathLike)):
+                adapters = [peft_model_name_or_path]
+            else:
+                adapters = list(peft_model_name_or_path)
+        for i, adapter in enumerate(adapters):
+            last = i == len(adapters) - 1
+            model = apply_adapter(model, adapter, merge=merge_peft or not last)
+
+        config_dir = Path(adapters[-1]) if adapters else base_dir
+        config: dict = {}
+        if (config_dir / LLM2VEC_CONFIG).is_file():
+            config.update(read_json(config_dir / LLM2VEC_CONFIG))
+        unknown = set(config) - set(ENCODER_ARGS)
+        for k in unknown:
+            config.pop(k)
+        config.update(encoder_args)
+
+        tokenizer = _load_tokenizer(base_dir, base_weights_path)
+        enc = cls(model=model, tokenizer=tokenizer, name_or_path=name_or_path, **config)
+        return enc.to(device or _default_device())
+
+    # ------------------------------------------------------------------ text preparation
+
+    def prepare_for_tokenization(self, text: str) -> str:
+        """The official prompt wrapping (keyed on ``_name_or_path``) and eos_token suffix."""
+        name = self.name_or_path
+        if name == _LLAMA3_INSTRUCT:
+            return "<|start_header_id|>user<|end_header_id|>\n\n" + text.strip() + "<|eot_id|>"
+        if name in _INST_MODELS:
+            text = "[INST] " + text.strip() + " [/INST]"
+        if name in _GEMMA_IT:
+            text = "<bos><start_of_turn>user\n" + text.strip() + "<end_of_turn>"
+        if name in _QWEN_INSTRUCT:
+            text = "<|im_start|>user\n" + text.strip() + "<|im_end|>"
+        if self.pooling_mode == "eos_token":
+            if name == "meta-llama/Meta-Llama-3-8B":
+                text = text.strip() + "<|end_of_text|>"
+            elif self.family in _EOS_TEXT:
+                text = text.strip() + _EOS_TEXT[self.family]
+        return text
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text alone (no special tokens), capped at max_length."""
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            texts, add_special_tokens=False, truncation=True, max_length=self.max_length
+        )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _cut_to_doc_max_length(self, text: str, n_tokens: int) -> str:
+        """The official word-based cut: while over doc_max_length tokens, keep
+        ``int(words * doc_max_length / tokens)`` words."""
+        while n_tokens > self.doc_max_length:
+            words = text.split()
+            text = " ".join(words[: int(len(words) * (self.doc_max_length / n_tokens))])
+            n_tokens = self._token_counts([text])[0]
+        return text
+
+    def _convert_to_str(self, instruction: str, text: str) -> str:
+        """``instruction.strip() + " " + SEP + text`` (``SEP + text`` without instruction),
+        after the doc_max_length cut."""
+        return self._join(instruction, text, self._token_counts([text])[0])
+
+    def _join(self, instruction: str, text: str, n_tokens: int) -> str:
+        text = self._cut_to_doc_max_length(text, n_tokens)
+        return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
+
+    def _joined_strings(self, pairs: list[tuple[str, str]]) -> list[str]:
+        """:meth:`_convert_to_str` then :meth:`prepare_for_tokenization` for many pairs, with one
+        batched tokenizer call for the doc_max_length check."""
+        counts = self._token_counts([t for _, t in pairs])
+        return [
+            self.prepare_for_tokenization(self._join(instruction, text, n))
+            for (instruction, text), n in zip(pairs, counts)
+        ]
+
+    @staticmethod
+    def _split_sep(joined: str) -> tuple[str, str]:
+        """The string the model sees (separators removed) and the part that is pooled."""
+        parts = joined.split(SEP)
+        return "".join(parts), parts[1] if len(parts) > 1 else ""
+
+    def _token_ids(self, joined: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of each joined string and the length of its pooled span."""
+        full, pooled = zip(*(self._split_sep(s) for s in joined))
+        ids = self.tokenizer(list(full), truncation=True, max_length=self.max_length)["input_ids"]
+        if not self.skip_instruction:
+            return ids, [len(x) for x in ids]
+        return ids, self._token_counts(list(pooled))
+
+    # ------------------------------------------------------------------ official batch API
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Official ``tokenize``: joined strings (with SEP) -> a left-padded batch dict with
+        ``input_ids``, ``attention_mask`` and ``embed_mask`` (1 on the pooled text tokens)."""
+        full, pooled = zip(*(self._split_sep(t) for t in texts))
+        features = self.tokenizer(
+            list(full),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        counts = self._token_counts(list(pooled))
+        embed_mask = torch.zeros_like(features["attention_mask"])
+        for i, n in enumerate(counts):
+            if n > 0:
+                embed_mask[i, -n:] = 1
+        features["embed_mask"] = embed_mask
+        return features
+
+    def forward(self, sentence_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Official ``forward``: a padded batch from :meth:`tokenize` -> pooled ``[B, hidden]``.
+
+        The batch is unpadded and run packed; padding is never computed.
+        """
+        input_ids = sentence_feature["input_ids"]
+        attention = sentence_feature["attention_mask"].bool()
+        if self.skip_instruction and "embed_mask" in sentence_feature:
+            pool = sentence_feature["embed_mask"].bool() & attention
+        else:
+            pool = attention
+        lengths = attention.sum(1)
+        device = self._device()
+        flat_ids = input_ids[attention].to(device)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lengths, 0)
+        positions = torch.cat([torch.arange(int(n)) for n in lengths]).to(device)
+        hidden = self._run_model(flat_ids, cu.to(device), positions, int(lengths.max()))
+        pool_mask = pool[attention].to(device)
+        return self._pool(hidden, cu.to(device), pool_mask, flat_ids)
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(
+        self,
+        sentences,
+        batch_size: int = 32,
+        show_progress_bar: bool = True,
+        convert_to_numpy: bool = False,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+        *,
+        normalize_embeddings: bool = False,
+        max_tokens_per_batch: int | None = None,
+    ):
+        """Embed texts. Returns float32 embeddings in input order.
+
+        Args:
+            sentences: a string; a list of strings; a list of ``[instruction, text]`` pairs (a
+                plain string in the list is a text without instruction); or one MEDI item
+                ``[instruction, text, int]``.
+            batch_size: at most this many texts per forward pass.
+            max_tokens_per_batch: at most this many tokens per forward pass (packed, no
+                padding); default ``batch_size * max_length``. A text is never split.
+            normalize_embeddings: L2-normalise each embedding.
+            convert_to_numpy: return a numpy array; else a torch tensor (on the CPU).
+            device: run on this device (default: where the model is).
+
+        Returns:
+            ``[n, hidden]`` float32, or ``[hidden]`` for a single string.
+        """
+        single = isinstance(sentences, str)
+        pairs = _as_pairs(sentences)
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if max_tokens_per_batch is None:
+            max_tokens_per_batch = batch_size * self.max_length
+        elif not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch <= 0:
+            raise ValueError(
+                f"max_tokens_per_batch must be a positive integer; got {max_tokens_per_batch!r}"
+            )
+        if convert_to_tensor:
+            convert_to_numpy = False
+        if device is not None:
+            self.to(device)
+        self.eval()
+
+        ids, pool_lengths = self._token_ids(self._joined_strings(pairs))
+        batches = pack_token_ids(
+            ids,
+            pool_lengths,
+            max_length=self.max_length,
+            max_tokens_per_batch=max_tokens_per_batch,
+            max_batch_size=batch_size,
+        )
+        out = torch.empty(len(pairs), self.model.config.hidden_size, dtype=torch.float32)
+        for batch, emb in self._encode_batches(batches, show_progress_bar):
+            out[torch.from_numpy(batch.indices)] = emb
+        if normalize_embeddings:
+            out = F.normalize(out, p=2, dim=1)
+        if single:
+            out = out[0]
+        return out.numpy() if convert_to_numpy else out
+
+    def _encode_batches(self, batches: list[PackedBatch], show_progress_bar: bool):
+        """Run packed batches; yield ``(batch, float32 CPU embeddings [b, hidden])``."""
+        from tqdm.auto import tqdm
+
+        device = self._device()
+        total_texts = sum(b.n_texts for b in batches)
+        bar = tqdm(total=total_texts, unit="text", desc="Encoding", disable=not show_progress_bar)
+        tokens, start = 0, time.perf_counter()
+        with torch.inference_mode():
+            for batch in batches:
+                t = batch.to_torch(device)
+                hidden = self._run_model(
+                    t["input_ids"], t["cu_seqlens"], t["position_ids"], batch.max_seqlen
+                )
+                emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
+                yield batch, emb.float().cpu()
+                tokens += batch.n_tokens
+                bar.update(batch.n_texts)
+                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+        bar.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _run_model(self, input_ids, cu_seqlens, position_ids, max_seqlen) -> torch.Tensor:
+        return self.model(input_ids, cu_seqlens, position_ids, max_seqlen)
+
+    def _pool(self, hidden, cu_seqlens, pool_mask, input_ids) -> torch.Tensor:
+        mode = self.pooling_mode
+        if mode == "bos_token":
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise ValueError("bos_token pooling: the tokenizer has no BOS token")
+            return segment_pool(hidden, cu_seqlens, input_ids == bos, "bos_token")
+        if mode == "eos_token":
+            mode = "last_token"
+        return segment_pool(hidden, cu_seqlens, pool_mask, mode)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(
+        self,
+        output_path: str | os.PathLike,
+        merge_before_save: bool = False,
+        save_config: bool = True,
+    ):
+        """Write a checkpoint directory that this library and the official one both load.
+
+        A model holding an unmerged adapter writes the adapter only (as the official library
+        does) unless ``merge_before_save``; otherwise config.json (``_name_or_path`` kept),
+        model.safetensors, the tokenizer and llm2vec_config.json.
+        """
+        from safetensors.torch import save_file
+
+        from llm2vec_fast.compat import write_config, write_tokenizer
+
+        out = Path(output_path)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if _is_peft(model):
+            if merge_before_save:
+                model = self.model = model.merge_and_unload()
+            else:
+                model.save_pretrained(str(out), safe_serialization=True)
+        if not _is_peft(model):
+            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+            save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+            write_config(model.config, out, name_or_path=self.name_or_path)
+        write_tokenizer(self.tokenizer, out)
+        if save_config:
+            with open(out / LLM2VEC_CONFIG, "w", encoding="utf-8") as f:
+                json.dump({k: getattr(self, k) for k in ENCODER_ARGS}, f, indent=4)
+
+
+def _is_peft(model) -> bool:
+    return type(model).__name__.startswith("Peft")
+
+
+def _load_tokenizer(base_dir: Path, base_weights_path):
+    from transformers import AutoTokenizer
+
+    for d in (base_dir, Path(base_weights_path) if base_weights_path else None):
+        if d is not None and (
+            (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
+        ):
+            tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+            break
+    else:
+        raise CheckpointError(f"no tokenizer files (tokenizer.json) in {base_dir}")
+    if not getattr(tok, "is_fast", False):
+        raise CheckpointError(f"{d}: a fast (tokenizers) tokenizer is required")
+    tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def _load_base(base_dir: Path, base_weights_path, **kwargs):
+    """The base encoder of a checkpoint directory, and its ``_name_or_path``.
+
+    In the published LLM2Vec layout (config.json + an MNTP adapter, no weights) the adapter's
+    base is loaded, from ``base_weights_path`` or a local ``base_model_name_or_path``, and the
+    adapter is merged into it, as the official library does.
+    """
+    raw = read_json(base_dir / "config.json") if (base_dir / "config.json").is_file() else {}
+    name_or_path = raw.get("_name_or_path", "")
+    has_weights = any(base_dir.glob("*.safetensors")) and not all(
+        p.name.startswith("adapter_") for p in base_dir.glob("*.safetensors")
+    )
+    if is_adapter_dir(base_dir) and not has_weights:
+        adapter_cfg = read_json(base_dir / "adapter_config.json")
+        base = base_weights_path or adapter_cfg.get("base_model_name_or_path")
+        if not base or not Path(base).is_dir():
+            raise CheckpointError(
+                f"{base_dir} is an adapter whose base model is {adapter_cfg.get('base_model_name_or_path')!r}, "
+                "which is not a local directory; pass base_weights_path= (the local base checkpoint)"
+            )
+        hf_config = load_hf_config(base_dir if raw else base)
+        model = build_encoder(hf_config, read_state_dict(base), source=str(base), **kwargs)
+        model = apply_adapter(model, base_dir, merge=True)
+        return model, name_or_path
+    return load_encoder(base_dir, **kwargs), name_or_path
+
+
+def _as_pairs(sentences) -> list[tuple[str, str]]:
+    """Normalise the accepted input forms to ``(instruction, text)`` pairs; clear errors."""
+    if sentences is None:
+        raise TypeError(
+            "encode() got None; expected a string or a list of strings / [instruction, text] pairs"
+        )
+    if isinstance(sentences, str):
+        return [("", sentences)]
+    if isinstance(sentences, (bytes, bytearray)):
+        raise TypeError("encode() got bytes; decode them to str first")
+    if isinstance(sentences, np.ndarray):
+        sentences = sentences.tolist()
+    if not isinstance(sentences, (list, tuple)):
+        try:
+            sentences = list(sentences)
+        except TypeError:
+            raise TypeError(
+                f"encode() expected a string or a list of texts; got {type(sentences).__name__}"
+            ) from None
+    if len(sentences) == 0:
+        raise ValueError("encode() got an empty list of sentences")
+    # one MEDI item: [instruction, text, ..., int]
+    if (
+        isinstance(sentences[0], str)
+        and isinstance(sentences[-1], int)
+        and not isinstance(sentences[-1], bool)
+    ):
+        sentences = [sentences]
+    pairs = []
+    for i, s in enumerate(sentences):
+        if isinstance(s, str):
+            pairs.append(("", s))
+        elif (
+            isinstance(s, (list, tuple))
+            and len(s) >= 2
+            and isinstance(s[0], str)
+            and isinstance(s[1], str)
+        ):
+            pairs.append((s[0], s[1]))
+        else:
+            what = "None" if s is None else type(s).__name__
+            if isinstance(s, (list, tuple)):
+                what = f"{what} of {[type(x).__name__ for x in s]}"
+            raise TypeError(
+                f"sentence {i} is {what}; expected a string or an [instruction, text] pair of strings"
+            )
+    return pairs

@@ -1,0 +1,1 @@
+"""Bridges to other tools: MTEB, sentence-transformers and Ray Data."""

@@ -1,0 +1,229 @@
+"""The encoder: a decoder-only LLM run over packed, padding-free input.
+
+One batch is ``input_ids [T]`` (all texts back to back), ``cu_seqlens [n+1]`` (text
+boundaries), ``position_ids [T]`` (0..len-1 inside each text) and ``max_seqlen``; every layer
+works on ``[T, hidden]`` and attention is the only place that sees the boundaries.
+
+Module and parameter names follow HF's base models (``embed_tokens``, ``layers.N.self_attn.q_proj``,
+``layers.N.mlp.gate_proj``, ``norm``), so HF checkpoints and PEFT adapters load by name.
+Families: Llama (incl. Llama-3 rope scaling), Mistral, Qwen2 (qkv bias), Gemma (scaled
+embeddings, ``(1 + w)`` RMSNorm, GeGLU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm2vec_fast.kernels import varlen_attention, varlen_attention_ref
+
+FAMILIES = ("llama", "mistral", "qwen2", "gemma")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": lambda x: F.gelu(x),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+@dataclass
+class EncoderConfig:
+    """The shape of an encoder, read from an HF ``PretrainedConfig`` by :meth:`from_hf`."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    hidden_act: str
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+
+    @classmethod
+    def from_hf(cls, hf_config) -> EncoderConfig:
+        family = getattr(hf_config, "model_type", None)
+        if family not in FAMILIES:
+            raise ValueError(
+                f"model type {family!r} is not supported; supported families: {', '.join(FAMILIES)}"
+            )
+        heads = hf_config.num_attention_heads
+        head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+        if family == "gemma":
+            act = getattr(hf_config, "hidden_activation", None) or hf_config.hidden_act
+        else:
+            act = hf_config.hidden_act
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"activation {act!r} is not supported; known: {sorted(_ACTIVATIONS)}")
+        attention_bias = bool(getattr(hf_config, "attention_bias", False))
+        return cls(
+            family=family,
+            vocab_size=hf_config.vocab_size,
+            hidden_size=hf_config.hidden_size,
+            intermediate_size=hf_config.intermediate_size,
+            num_hidden_layers=hf_config.num_hidden_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            rms_norm_eps=hf_config.rms_norm_eps,
+            hidden_act=act,
+            qkv_bias=family == "qwen2" or attention_bias,
+            o_bias=attention_bias,
+            mlp_bias=bool(getattr(hf_config, "mlp_bias", False)),
+        )
+
+
+class RMSNorm(nn.Module):
+    """HF's RMSNorm: float32 statistics; Llama scales after casting back (``w * x``), Gemma
+    scales in float32 by ``(1 + w)``."""
+
+    def __init__(self, dim: int, eps: float, gemma: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.gemma = gemma
+        self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gemma:
+            return (h * (1.0 + self.weight.float())).to(dtype)
+        return self.weight * h.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, causal, impl):
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        attn = varlen_attention_ref if impl == "eager" else varlen_attention
+        o = attn(q, k, v, cu_seqlens, max_seqlen, causal=causal)
+        return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        gemma = cfg.family == "gemma"
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, causal, impl):
+        x = x + self.self_attn(
+            self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, causal, impl
+        )
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _rope_tables(hf_config) -> tuple[torch.Tensor, float]:
+    """inverse frequencies and attention scaling, computed by transformers' own rope code
+    for the config's rope type (default, llama3, linear, dynamic ...)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rope = LlamaRotaryEmbedding(config=hf_config)
+    return rope.inv_freq.detach().float().clone(), float(rope.attention_scaling)
+
+
+class EncoderModel(nn.Module):
+    """A decoder-only transformer used as an encoder over packed input.
+
+    ``attn_implementation``: ``"sdpa"`` (torch SDPA per text, the default) or ``"eager"``
+    (explicit softmax, the test reference). ``causal=False`` is LLM2Vec's bidirectional mode.
+    """
+
+    def __init__(self, hf_config, attn_implementation: str = "sdpa", causal: bool = False):
+        super().__init__()
+        cfg = EncoderConfig.from_hf(hf_config)
+        self.cfg = cfg
+        self.config = hf_config
+        self.causal = causal
+        self.attn_implementation = attn_implementation
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family == "gemma")
+        inv_freq, scaling = _rope_tables(hf_config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.attention_scaling = scaling
+        self.embed_scale = cfg.hidden_size**0.5 if cfg.family == "gemma" else None
+
+    @property
+    def attn_implementation(self) -> str:
+        return self._attn_implementation
+
+    @attn_implementation.setter
+    def attn_implementation(self, value: str) -> None:
+        if value not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attn_implementation {value!r}; expected one of {ATTN_IMPLEMENTATIONS}"
+            )
+        self._attn_implementation = value
+
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        """cos/sin ``[T, 1, head_dim]`` for ``position_ids [T]``, as HF computes them."""
+        freqs = position_ids.float()[:, None] * self.inv_freq.to(position_ids.device)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.attention_scaling).to(dtype)[:, None, :]
+        sin = (emb.sin() * self.attention_scaling).to(dtype)[:, None, :]
+        return cos, sin
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        position_ids: torch.Tensor,
+        max_seqlen: int,
+    ) -> torch.Tensor:
+        """``input_ids [T]`` int, ``cu_seqlens [n+1]`` int32, ``position_ids [T]`` int ->
+        last hidden states ``[T, hidden]`` in the model's dtype."""
+        x = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        cos, sin = self.rope(position_ids, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cu_seqlens, max_seqlen, self.causal, self._attn_implementation)
+        return self.norm(x)

@@ -1,0 +1,95 @@
+"""Build and install llm2vec-fast.
+
+The folders ``kernels/`` and ``training/`` install as the subpackages
+``llm2vec_fast.kernels`` and ``llm2vec_fast.training`` (package_dir mapping),
+and ``csrc/`` builds the pybind11 extension ``llm2vec_fast._C``. The extension
+links no libtorch, so building it needs only a C++17 compiler and pybind11.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+# folder on disk -> installed package name
+PACKAGE_ROOTS = {
+    "llm2vec_fast": "llm2vec_fast",
+    "kernels": "llm2vec_fast.kernels",
+    "training": "llm2vec_fast.training",
+}
+
+
+def read_version() -> str:
+    """The version from llm2vec_fast/version.py, read without importing the package."""
+    text = (ROOT / "llm2vec_fast" / "version.py").read_text(encoding="utf-8")
+    match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("no __version__ in llm2vec_fast/version.py")
+    return match.group(1)
+
+
+def discover_packages() -> tuple[list[str], dict[str, str]]:
+    """Each mapped folder and its subpackages, under their installed names."""
+    packages: list[str] = []
+    package_dir: dict[str, str] = {}
+    for folder, name in PACKAGE_ROOTS.items():
+        packages.append(name)
+        package_dir[name] = folder
+        packages += [f"{name}.{sub}" for sub in find_packages(where=str(ROOT / folder))]
+    return packages, package_dir
+
+
+packages, package_dir = discover_packages()
+if "llm2vec_fast.integrations" not in packages:
+    packages.append("llm2vec_fast.integrations")
+
+test_requires = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "gensim"]
+
+setup(
+    name="llm2vec-fast",
+    version=read_version(),
+    description="A fast, padding-free re-implementation of the llm2vec text-embedding library",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8")
+    if (ROOT / "README.md").exists()
+    else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"llm2vec_fast": ["data/*"]},
+    include_package_data=False,
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.56",
+        "tokenizers",
+        "safetensors",
+        "numpy",
+        "tqdm",
+        "gguf",
+        "accelerate",
+        "peft",
+    ],
+    extras_require={
+        "gpu": ["triton>=3.1"],
+        "test": test_requires,
+        "dev": [*test_requires, "ruff"],
+    },
+    entry_points={"console_scripts": ["llm2vec-fast = llm2vec_fast.cli:main"]},
+    ext_modules=[
+        Pybind11Extension(
+            "llm2vec_fast._C",
+            ["csrc/packer.cpp", "csrc/bindings.cpp"],
+            include_dirs=["csrc"],
+            depends=["csrc/packer.h"],
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        )
+    ],
+    cmdclass={"build_ext": build_ext},
+    zip_safe=False,
+)
