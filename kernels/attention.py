@@ -10,7 +10,7 @@ Layout (the flash-attention varlen convention, see DESIGN.md):
 Token i attends to token j only when both lie in the same text (and j <= i when ``causal``).
 
 This module holds the two PyTorch paths: :func:`varlen_attention_ref`, the plain eager
-reference (explicit scores, float32 softmax; what tests compare against), and
+reference (explicit scores in float32; what tests compare against), and
 :func:`varlen_attention_sdpa`, torch's scaled_dot_product_attention run per text, which never
 computes a padded position. The Triton kernel plugs into :func:`llm2vec_fast.kernels.varlen_attention`.
 """
@@ -51,25 +51,25 @@ def varlen_attention_ref(
     causal: bool = False,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    """Eager reference: per text, ``softmax(q k^T * scale) v`` with the softmax in float32.
+    """Eager reference: per text, ``softmax(q k^T * scale) v`` computed in float32.
 
-    Returns ``[total_tokens, Hq, D]`` in q's dtype. Mirrors HF's eager attention numerics.
+    Returns ``[total_tokens, Hq, D]`` in q's dtype. In float32 this is HF's eager attention.
     """
     _check(q, k, v, cu_seqlens)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     groups = q.shape[1] // k.shape[1]
     out = torch.zeros_like(q)
     for s, e in _segments(cu_seqlens):
-        qs = q[s:e].transpose(0, 1)  # [Hq, L, D]
-        ks = k[s:e].transpose(0, 1).repeat_interleave(groups, dim=0)
-        vs = v[s:e].transpose(0, 1).repeat_interleave(groups, dim=0)
+        qs = q[s:e].float().transpose(0, 1)  # [Hq, L, D]
+        ks = k[s:e].float().transpose(0, 1).repeat_interleave(groups, dim=0)
+        vs = v[s:e].float().transpose(0, 1).repeat_interleave(groups, dim=0)
         scores = torch.matmul(qs, ks.transpose(1, 2)) * scale
         if causal:
             n = e - s
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out[s:e] = torch.matmul(probs, vs).transpose(0, 1)
+        probs = torch.softmax(scores, dim=-1)
+        out[s:e] = torch.matmul(probs, vs).transpose(0, 1).to(q.dtype)
     return out
 
 

@@ -4,7 +4,7 @@
     cu_seqlens  [n_texts + 1] int32      text boundaries
     pool_mask   [total_tokens] bool      tokens that count for pooling (the text, not its
                                          instruction; for ``bos_token`` the BOS positions)
-    returns     [n_texts, H] float32
+    returns     [n_texts, H] float32 (float64 for float64 input)
 
 Modes (the official llm2vec semantics, restated on packed input):
 
@@ -38,7 +38,7 @@ def segment_pool_ref(
     n = cu.numel() - 1
     lengths = cu[1:] - cu[:-1]
     seg = torch.repeat_interleave(torch.arange(n, device=hidden.device), lengths)
-    h = hidden.float()
+    h = hidden if hidden.dtype == torch.float64 else hidden.float()
     mask = pool_mask.to(device=hidden.device, dtype=torch.bool)
     out = h.new_zeros(n, h.shape[1])
 
@@ -47,13 +47,13 @@ def segment_pool_ref(
             raise ValueError("last_token pooling needs every text to have at least one token")
         return h[cu[1:] - 1]
 
-    m = mask.float()
-    counts = torch.zeros(n, device=h.device).index_add_(0, seg, m)
+    m = mask.to(h.dtype)
+    counts = h.new_zeros(n).index_add_(0, seg, m)
     if mode == "mean":
         # texts with nothing masked pool their whole segment
         empty = (counts == 0)[seg]
         w = torch.where(empty, torch.ones_like(m), m)
-        denom = torch.zeros(n, device=h.device).index_add_(0, seg, w).clamp_min(1.0)
+        denom = h.new_zeros(n).index_add_(0, seg, w).clamp_min(1.0)
         out = out.index_add(0, seg, h * w[:, None])
         return out / denom[:, None]
     if mode == "weighted_mean":
