@@ -151,7 +151,7 @@ def test_segment_pool_gradients_and_errors():
     mask = torch.tensor([0, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
     for mode in ("mean", "weighted_mean", "last_token", "bos_token"):
         assert torch.autograd.gradcheck(
-            lambda h: segment_pool(h, _cu(lengths), mask, mode), (hidden,)
+            lambda h, mode=mode: segment_pool(h, _cu(lengths), mask, mode), (hidden,)
         )
     with pytest.raises(ValueError, match="unknown pooling mode 'max'"):
         segment_pool(hidden, _cu(lengths), mask, "max")
