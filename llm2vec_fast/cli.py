@@ -25,10 +25,14 @@ package) is converted once into the cache ($LLM2VEC_FAST_CACHE) and used.
 """
 
 
+class CLIError(Exception):
+    """A problem with the command's input or arguments: printed as one line, exit status 2."""
+
+
 def _read_inputs(path: Path) -> tuple[list, list]:
     """Texts (or [instruction, text] pairs) and ids from a .txt or .jsonl file."""
     if not path.is_file():
-        raise SystemExit(f"error: input file {path} does not exist")
+        raise CLIError(f"input file {path} does not exist")
     suffix = path.suffix.lower()
     items: list = []
     ids: list = []
@@ -40,12 +44,12 @@ def _read_inputs(path: Path) -> tuple[list, list]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise SystemExit(f"error: {path}:{n}: not valid JSON ({e})") from None
+                    raise CLIError(f"{path}:{n}: not valid JSON ({e})") from None
                 if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    raise SystemExit(f'error: {path}:{n}: expected an object with a string "text"')
+                    raise CLIError(f'{path}:{n}: expected an object with a string "text"')
                 instruction = rec.get("instruction") or ""
                 if not isinstance(instruction, str):
-                    raise SystemExit(f'error: {path}:{n}: "instruction" must be a string')
+                    raise CLIError(f'{path}:{n}: "instruction" must be a string')
                 items.append([instruction, rec["text"]])
                 ids.append(rec.get("id", len(ids)))
         elif suffix in (".txt", ".text", ""):
@@ -53,9 +57,9 @@ def _read_inputs(path: Path) -> tuple[list, list]:
                 items.append(line.rstrip("\r\n"))
                 ids.append(n)
         else:
-            raise SystemExit(f"error: {path}: unknown input type {suffix!r}; use .txt or .jsonl")
+            raise CLIError(f"{path}: unknown input type {suffix!r}; use .txt or .jsonl")
     if not items:
-        raise SystemExit(f"error: {path} contains no texts")
+        raise CLIError(f"{path} contains no texts")
     return items, ids
 
 
@@ -69,7 +73,7 @@ def _embed(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
     if out.suffix != ".npy":
-        raise SystemExit(f"error: OUTPUT must end in .npy; got {out}")
+        raise CLIError(f"OUTPUT must end in .npy; got {out}")
     items, ids = _read_inputs(Path(args.input))
     t0 = time.perf_counter()
     model = LLM2Vec.from_pretrained(
@@ -192,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+    except (
+        CLIError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+    ) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 
