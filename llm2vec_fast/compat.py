@@ -32,6 +32,9 @@ def config_dict(hf_config, name_or_path: str | None = None) -> dict:
     """``hf_config`` as a config.json dict readable by transformers 4.44 and 5.x."""
     d = hf_config.to_dict()
     d.pop("transformers_version", None)
+    # a GGUF-loaded config says "quantization_config: gguf"; the weights we write are
+    # dequantised, and transformers 4.44 refuses the unknown quantisation type
+    d.pop("quantization_config", None)
     rope = d.get("rope_parameters") or {}
     if "rope_theta" in rope:
         d["rope_theta"] = rope["rope_theta"]

@@ -19,6 +19,8 @@ from safetensors import SafetensorError, safe_open
 from llm2vec_fast.model import EncoderModel, _rope_tables
 
 SAFE_INDEX = "model.safetensors.index.json"
+# Bump when the files gguf_to_safetensors writes change, so stale caches are rebuilt.
+GGUF_CACHE_FORMAT = 2
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -184,14 +186,15 @@ def cache_dir() -> Path:
 def gguf_to_safetensors(gguf_file: str | os.PathLike, name_or_path: str | None = None) -> Path:
     """Dequantise a GGUF file once into a cached safetensors checkpoint directory; return it.
 
-    The cache key is the file's absolute path, size and modification time, so a changed file is
-    converted again. The directory is built under a temporary name and renamed when complete.
+    The cache key is the file's absolute path, size and modification time (and the cache format),
+    so a changed file is converted again. The directory is built under a temporary name and renamed when complete.
     """
     src = Path(gguf_file)
     if not src.is_file():
         raise CheckpointError(f"GGUF file {src} does not exist")
     st = src.stat()
-    key = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    ident = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{GGUF_CACHE_FORMAT}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:12]
     out = cache_dir() / f"{src.stem}-{key}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out

@@ -69,7 +69,9 @@ def _byte_level_bpe() -> tuple[list[str], list[str]]:
     tokens = [None] * len(vocab)
     for t, i in vocab.items():
         tokens[i] = t
-    assert len(tokens) == VOCAB and None not in tokens, "BPE training gave a different vocabulary size"
+    assert len(tokens) == VOCAB and None not in tokens, (
+        "BPE training gave a different vocabulary size"
+    )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return tokens, merges
 
@@ -248,7 +250,9 @@ def test_tiny_gguf_reads_back_as_written(tiny_gguf, hf_reference):
     ids = tok("The lazy dog.")["input_ids"]
     assert ids[0] == bos_id and bos_id not in ids[1:]
     assert tok.decode(ids, skip_special_tokens=True) == "The lazy dog."
-    assert tok(f"a{EOS}b", add_special_tokens=False)["input_ids"][1] == tok.convert_tokens_to_ids(EOS)
+    assert tok(f"a{EOS}b", add_special_tokens=False)["input_ids"][1] == tok.convert_tokens_to_ids(
+        EOS
+    )
 
 
 def test_gguf_embeddings_match_transformers(tiny_gguf, hf_reference, monkeypatch, tmp_path):
@@ -281,6 +285,11 @@ def test_gguf_cache_is_reused(tiny_gguf, monkeypatch, tmp_path):
     first = LLM2Vec.from_pretrained(path, pooling_mode="mean", device="cpu")
     (conv,) = _converted_dirs(cache)
     st = (conv / "model.safetensors").stat()
+    # the cache is a plain float checkpoint the official stack (transformers 4.44) also reads:
+    # no "gguf" quantization_config, rope_theta written beside rope_parameters
+    config = json.loads((conv / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert "rope_theta" in config
     a = first.encode(TEXTS[:2], show_progress_bar=False)
 
     second = LLM2Vec.from_pretrained(path, pooling_mode="mean", device="cpu")

