@@ -8,6 +8,8 @@ Each rule here was found the hard way (see ENVIRONMENT-NOTES.md):
   ``_name_or_path``, which the official prompt wrapping keys on, is kept.
 - tokenizer.json: tokenizers 0.23 stores BPE merges as pairs; 0.19 reads only ``"a b"`` strings,
   which 0.23 also reads.
+- adapter_config.json: peft 0.12 (the official stack) refuses keys that newer peft writes
+  (``alora_invocation_tokens`` ...); those holding inert defaults are dropped.
 - tokenizer_config.json: 4.44 does not know the ``TokenizersBackend`` class 5.x writes;
   ``PreTrainedTokenizerFast`` works in both, and ``model_input_names`` keeps 4.44 from passing
   ``token_type_ids`` to the model.
@@ -80,3 +82,34 @@ def write_tokenizer(tokenizer, out_dir: str | os.PathLike) -> None:
     """``tokenizer.save_pretrained(out_dir)``, then made readable by the official stack."""
     tokenizer.save_pretrained(str(out_dir))
     make_tokenizer_files_compatible(out_dir)
+
+
+# LoraConfig fields of peft 0.12.0, the version the official llm2vec 0.2.3 stack runs.
+_PEFT_012_LORA_FIELDS = frozenset(
+    "alpha_pattern auto_mapping base_model_name_or_path bias fan_in_fan_out inference_mode "
+    "init_lora_weights layer_replication layers_pattern layers_to_transform loftq_config "
+    "lora_alpha lora_dropout megatron_config megatron_core modules_to_save peft_type r "
+    "rank_pattern revision runtime_config target_modules task_type use_dora use_rslora".split()
+)
+
+
+def make_adapter_config_compatible(adapter_dir: str | os.PathLike) -> list[str]:
+    """Drop adapter_config.json keys peft 0.12 does not know, when they hold inert defaults
+    (None, False, empty, or version metadata). Returns the dropped keys; raises ValueError
+    naming any key that carries a setting peft 0.12 cannot honour."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.get("peft_type") != "LORA":
+        return []
+    extra = {k: v for k, v in cfg.items() if k not in _PEFT_012_LORA_FIELDS}
+
+    def inert(key, value):
+        if value in (None, False, [], {}) or key == "peft_version":
+            return True
+        return key == "qalora_group_size" and not cfg.get("use_qalora")
+
+    live = {k: v for k, v in extra.items() if not inert(k, v)}
+    if live:
+        raise ValueError(f"{path}: settings the official stack (peft 0.12) cannot honour: {live}")
+    _dump({k: v for k, v in cfg.items() if k in _PEFT_012_LORA_FIELDS}, path)
+    return sorted(extra)

@@ -455,7 +455,11 @@ class LLM2Vec(nn.Module):
         """
         from safetensors.torch import save_file
 
-        from llm2vec_fast.compat import write_config, write_tokenizer
+        from llm2vec_fast.compat import (
+            make_adapter_config_compatible,
+            write_config,
+            write_tokenizer,
+        )
 
         out = Path(output_path)
         out.mkdir(parents=True, exist_ok=True)
@@ -465,6 +469,7 @@ class LLM2Vec(nn.Module):
                 model = self.model = model.merge_and_unload()
             else:
                 model.save_pretrained(str(out), safe_serialization=True)
+                make_adapter_config_compatible(out)
         if not _is_peft(model):
             state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
             save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})

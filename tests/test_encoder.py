@@ -333,3 +333,22 @@ def test_published_layout_with_local_base(llama_dir, tmp_path):
         atol=1e-5,
         rtol=1e-4,
     )
+
+
+def test_save_unmerged_adapter_writes_an_adapter_old_peft_reads(llama_dir, tmp_path):
+    adapter = _random_lora(llama_dir, tmp_path / "lora", seed=5)
+    model = LLM2Vec.from_pretrained(llama_dir, adapter, merge_peft=False, device="cpu")
+    model.save(tmp_path / "saved")
+    saved = tmp_path / "saved"
+    assert (saved / "adapter_model.safetensors").is_file() and not (
+        saved / "model.safetensors"
+    ).exists()
+    cfg = json.loads((saved / "adapter_config.json").read_text())
+    from llm2vec_fast.compat import _PEFT_012_LORA_FIELDS
+
+    assert set(cfg) <= _PEFT_012_LORA_FIELDS  # peft 0.12 (official stack) accepts every key
+    again = LLM2Vec.from_pretrained(llama_dir, saved, device="cpu")
+    texts = [list(p) for p in PAIRS]
+    assert_close(
+        again.encode(texts, show_progress_bar=False), model.encode(texts, show_progress_bar=False)
+    )
