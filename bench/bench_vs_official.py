@@ -77,6 +77,16 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def setup_official() -> None:
     if not OFFICIAL_PY.exists():
         subprocess.run(["bash", str(HERE / "setup_official_env.sh")], check=True)
@@ -224,7 +234,7 @@ def main() -> None:
     (work / "texts.json").write_text(json.dumps(texts))
     result: dict = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
