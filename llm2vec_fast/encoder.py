@@ -13,6 +13,8 @@ a bug we do the sensible thing instead, and say so (README, "Differences from ll
   rest of the batch); ``weighted_mean`` gives a zero vector, as the official library does.
 - ``bos_token`` pools the first BOS token of each sequence and raises a clear error when there is
   none (the official library's output shape breaks in both cases).
+- A sequence with no tokens at all (an empty text and a tokenizer that adds no special tokens)
+  embeds to a zero vector.
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"invalid device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+    return dev
 
 
 class LLM2Vec(nn.Module):
@@ -222,7 +234,7 @@ class LLM2Vec(nn.Module):
 
         tokenizer = _load_tokenizer(base_dir, base_weights_path)
         enc = cls(model=model, tokenizer=tokenizer, name_or_path=name_or_path, **config)
-        return enc.to(device or _default_device())
+        return enc.to(_check_device(device or _default_device()))
 
     # ------------------------------------------------------------------ text preparation
 
@@ -379,7 +391,7 @@ class LLM2Vec(nn.Module):
         if convert_to_tensor:
             convert_to_numpy = False
         if device is not None:
-            self.to(device)
+            self.to(_check_device(device))
         self.eval()
 
         ids, pool_lengths = self._token_ids(self._joined_strings(pairs))

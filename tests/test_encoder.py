@@ -352,3 +352,12 @@ def test_save_unmerged_adapter_writes_an_adapter_old_peft_reads(llama_dir, tmp_p
     assert_close(
         again.encode(texts, show_progress_bar=False), model.encode(texts, show_progress_bar=False)
     )
+
+
+def test_bad_device_is_a_clear_error(llama_dir):
+    with pytest.raises(ValueError, match="invalid device 'gpu0'"):
+        LLM2Vec.from_pretrained(llama_dir, device="gpu0")
+    if not torch.cuda.is_available():
+        model = LLM2Vec.from_pretrained(llama_dir, device="cpu")
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            model.encode(["a"], device="cuda", show_progress_bar=False)
