@@ -151,6 +151,42 @@ def parity(model_dir: Path, texts: list[str], work: Path) -> list[dict]:
     return rows
 
 
+def official_throughput(
+    model_dir: Path, texts_file: Path, dtype: str, batch_sizes: str, repeats: int
+) -> list[dict]:
+    """The official encode() timed by official_runner.py, one row per batch size."""
+    out = run_official(
+        [
+            "--throughput",
+            "--model",
+            str(model_dir),
+            "--texts",
+            str(texts_file),
+            "--batch-sizes",
+            batch_sizes,
+            "--torch-dtype",
+            dtype,
+            "--repeats",
+            str(repeats),
+        ]
+    )
+    rows = []
+    for r in out["results"]:
+        rows.append(
+            {
+                "impl": "official-llm2vec",
+                "torch_dtype": dtype,
+                "settings": {"batch_size": r["batch_size"]},
+                **{k: r[k] for k in ("texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")},
+            }
+        )
+        print(
+            f"official {dtype} batch {r['batch_size']:3d}: {r['tokens_per_s']:8.1f} tokens/s",
+            flush=True,
+        )
+    return rows
+
+
 def ours_throughput(
     model_dir: Path, texts: list[str], dtype: str, repeats: int, **encode_kwargs
 ) -> dict:
@@ -248,67 +284,14 @@ def main() -> None:
 
     if not args.skip_throughput:
         runs = []
-        official = run_official(
-            [
-                "--throughput",
-                "--model",
-                str(model_dir),
-                "--texts",
-                str(work / "texts.json"),
-                "--batch-sizes",
-                args.official_batch_sizes,
-                "--repeats",
-                str(args.repeats),
-            ]
+        texts_file = work / "texts.json"
+        runs += official_throughput(
+            model_dir, texts_file, "float32", args.official_batch_sizes, args.repeats
         )
-        for r in official["results"]:
-            runs.append(
-                {
-                    "impl": "official-llm2vec",
-                    "torch_dtype": "float32",
-                    "settings": {"batch_size": r["batch_size"]},
-                    **{
-                        k: r[k]
-                        for k in ("texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")
-                    },
-                }
-            )
-            print(
-                f"official fp32 batch {r['batch_size']:3d}: {r['tokens_per_s']:8.1f} tokens/s",
-                flush=True,
-            )
         if args.official_bf16_batch_size:
-            o16 = run_official(
-                [
-                    "--throughput",
-                    "--model",
-                    str(model_dir),
-                    "--texts",
-                    str(work / "texts.json"),
-                    "--batch-sizes",
-                    str(args.official_bf16_batch_size),
-                    "--torch-dtype",
-                    "bfloat16",
-                    "--repeats",
-                    str(args.repeats),
-                ]
+            runs += official_throughput(
+                model_dir, texts_file, "bfloat16", str(args.official_bf16_batch_size), args.repeats
             )
-            for r in o16["results"]:
-                runs.append(
-                    {
-                        "impl": "official-llm2vec",
-                        "torch_dtype": "bfloat16",
-                        "settings": {"batch_size": r["batch_size"]},
-                        **{
-                            k: r[k]
-                            for k in ("texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")
-                        },
-                    }
-                )
-                print(
-                    f"official bf16 batch {r['batch_size']:3d}: {r['tokens_per_s']:8.1f} tokens/s",
-                    flush=True,
-                )
         for dtype in ("float32", "bfloat16"):
             r = ours_throughput(model_dir, texts, dtype, args.repeats)
             runs.append(r)
