@@ -361,3 +361,36 @@ def test_bad_device_is_a_clear_error(llama_dir):
         model = LLM2Vec.from_pretrained(llama_dir, device="cpu")
         with pytest.raises(ValueError, match="no CUDA device is available"):
             model.encode(["a"], device="cuda", show_progress_bar=False)
+
+
+def test_sharded_checkpoint(llama_dir, tmp_path):
+    """A checkpoint split over two safetensors shards with an index loads like the single file."""
+    from safetensors.torch import load_file, save_file
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for f in llama_dir.iterdir():
+        if f.name != "model.safetensors":
+            (sharded / f.name).write_bytes(f.read_bytes())
+    state = load_file(str(llama_dir / "model.safetensors"))
+    names = sorted(state)
+    halves = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(sharded / shard))
+        weight_map.update(dict.fromkeys(keys, shard))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    texts = [list(p) for p in PAIRS]
+    a = LLM2Vec.from_pretrained(sharded, device="cpu").encode(texts, show_progress_bar=False)
+    b = LLM2Vec.from_pretrained(llama_dir, device="cpu").encode(texts, show_progress_bar=False)
+    assert torch.equal(a, b)
+    (sharded / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(
+        CheckpointError, match="shards named in model.safetensors.index.json are missing"
+    ):
+        LLM2Vec.from_pretrained(sharded, device="cpu")
