@@ -510,3 +510,47 @@ def make_tiny_checkpoint(
     for name, text in _tokenizer_files(add_bos, family).items():
         (out / name).write_text(text, encoding="utf-8")
     return out
+
+
+def make_tiny_lora(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int,
+    target_modules: tuple[str, ...] | list[str] = ("q_proj", "v_proj", "gate_proj", "down_proj"),
+    *,
+    r: int = 4,
+    lora_alpha: int = 8,
+    scale: float = 0.1,
+    base_model_name_or_path: str | None = None,
+) -> pathlib.Path:
+    """Write a PEFT LoRA adapter with random A and B (B is zero at PEFT's init) for the
+    checkpoint ``model_dir`` into ``out_dir``; return ``out_dir``.
+
+    Made with peft on llm2vec-fast's encoder (module names as HF's base models, so the
+    official stack loads it onto its ``*BiModel`` too). The LoRA tensors are drawn from
+    ``torch.Generator().manual_seed(seed)`` (``N(0, scale^2)``) in sorted parameter-name
+    order, so the tensors depend only on the arguments. ``base_model_name_or_path``
+    overrides what adapter_config.json names as the base (default: ``model_dir``).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llm2vec_fast import LLM2Vec
+
+    enc = LLM2Vec.from_pretrained(model_dir, device="cpu").model
+    cfg = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules))
+    peft_model = get_peft_model(enc, cfg)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for _, p in sorted((n, p) for n, p in peft_model.named_parameters() if "lora_" in n):
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * scale)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out))
+    acfg_path = out / "adapter_config.json"
+    acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
+    acfg["base_model_name_or_path"] = (
+        str(model_dir) if base_model_name_or_path is None else base_model_name_or_path
+    )
+    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
