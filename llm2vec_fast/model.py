@@ -141,7 +141,12 @@ class MLP(nn.Module):
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if torch.is_grad_enabled():
+            return self.down_proj(self.act(gate) * up)
+        # inference: reuse the [tokens, intermediate] buffer instead of allocating two more
+        gate = F.silu(gate, inplace=True) if self.act is F.silu else self.act(gate)
+        return self.down_proj(gate.mul_(up))
 
 
 class DecoderLayer(nn.Module):
