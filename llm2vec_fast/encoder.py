@@ -13,6 +13,8 @@ a bug we do the sensible thing instead, and say so (README, "Differences from ll
   rest of the batch); ``weighted_mean`` gives a zero vector, as the official library does.
 - ``bos_token`` pools the first BOS token of each sequence and raises a clear error when there is
   none (the official library's output shape breaks in both cases).
+- Qwen2 is bidirectional. The official Qwen2 encoder is causal in practice (on transformers 4.44
+  its SDPA path ignores the bidirectional flag); ``enable_bidirectional=False`` reproduces it.
 - A sequence with no tokens at all (an empty text and a tokenizer that adds no special tokens)
   embeds to a zero vector.
 """
