@@ -48,7 +48,7 @@ packages, package_dir = discover_packages()
 if "llm2vec_fast.integrations" not in packages:
     packages.append("llm2vec_fast.integrations")
 
-test_requires = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "gensim"]
+test_requires = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "gensim", "triton"]
 
 setup(
     name="llm2vec-fast",

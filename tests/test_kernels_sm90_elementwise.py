@@ -1,0 +1,83 @@
+"""The elementwise kernels (RMSNorm, RoPE, gated activation) compile for the H100 (sm_90).
+
+Compiled ahead of time on the CPU with ``kernels._aot.compile_sm90`` at the block sizes the
+launchers use (each kernel module's ``_sm90_configs`` shares its launcher's block-size logic),
+for the shapes of real models; each must compile and spill no registers. The default run
+compiles a few bf16 kernels at the largest shapes; the full matrix (bf16, fp16, fp32; every
+shape) is marked slow and runs with ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("AOT compilation needs the compiler, not the interpreter", allow_module_level=True)
+pytest.importorskip("triton")
+
+from llm2vec_fast.kernels import glu, rms_norm, rope  # noqa: E402
+from llm2vec_fast.kernels._aot import compile_sm90  # noqa: E402
+
+HIDDEN = (576, 2048, 4096)  # SmolLM2-135M, Gemma-2B / Sheared-LLaMA-1.3B, Llama-2-7B / Mistral-7B
+INTERMEDIATE = (1536, 5632, 14336)  # SmolLM2-135M, Sheared-LLaMA-1.3B, Mistral-7B
+HEADS = (  # (n_q_heads, n_kv_heads, head_dim)
+    (9, 3, 64),  # SmolLM2-135M
+    (16, 16, 128),  # Sheared-LLaMA-1.3B
+    (32, 8, 128),  # Mistral-7B, Llama-3-8B
+    (8, 1, 256),  # Gemma-2B
+    (16, 16, 256),  # Gemma-7B
+)
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def _params(configs):
+    return [
+        pytest.param(kernel, sig, const, opts, id=label)
+        for label, kernel, sig, const, opts in configs
+    ]
+
+
+QUICK = _params(
+    [
+        *rms_norm._sm90_configs([4096], ["bf16"]),
+        *rope._sm90_configs([(32, 8, 128)], ["bf16"]),
+        *glu._sm90_configs([14336], ["bf16"], ["silu"]),
+    ]
+)
+FULL = _params(
+    [
+        *rms_norm._sm90_configs(HIDDEN, DTYPES),
+        *rope._sm90_configs(HEADS, DTYPES),
+        *glu._sm90_configs(INTERMEDIATE, DTYPES),
+    ]
+)
+
+
+def _compile_and_check(kernel, sig, const, opts):
+    c = compile_sm90(kernel, sig, const, **opts)
+    assert c.num_warps == opts["num_warps"]
+    if c.spill_bytes is not None:  # None: cuobjdump missing from the triton wheel
+        assert c.spill_bytes == 0, (
+            f"{c.name}: {c.spill_bytes} bytes spilled, {c.registers} registers"
+        )
+
+
+@pytest.mark.parametrize("kernel, sig, const, opts", QUICK)
+def test_compiles_for_sm90_without_spills(kernel, sig, const, opts):
+    _compile_and_check(kernel, sig, const, opts)
+
+
+@pytest.fixture
+def _only_when_slow_selected(request):
+    expr = request.config.getoption("markexpr") or ""
+    if "slow" not in expr or "not slow" in expr:
+        pytest.skip("the full compile matrix runs with -m slow")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_only_when_slow_selected")
+@pytest.mark.parametrize("kernel, sig, const, opts", FULL)
+def test_compiles_for_sm90_without_spills_full(kernel, sig, const, opts):
+    _compile_and_check(kernel, sig, const, opts)
