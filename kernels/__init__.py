@@ -1,19 +1,30 @@
 """Kernels of llm2vec-fast, each beside its PyTorch reference.
 
-Public entry points dispatch on the device: a Triton kernel where one exists for CUDA tensors,
-the PyTorch path otherwise. Until the Triton kernels land (issue 3) every device runs the
-PyTorch path, so the library works, and is tested, without a GPU.
+Public entry points dispatch on the device: the Triton kernel for CUDA tensors (and for CPU
+tensors under ``TRITON_INTERPRET=1``), the PyTorch reference otherwise, so the library works,
+and is tested, without a GPU. Each kernel module holds its ``@triton.jit`` kernels, launchers,
+autograd.Function and ``<op>_ref``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ._launch import use_triton
 from .attention import varlen_attention_ref, varlen_attention_sdpa
+from .glu import gated_act, gated_act_ref
 from .pooling import POOLING_MODES, segment_pool_ref
+from .rms_norm import rms_norm, rms_norm_ref
+from .rope import apply_rope, rope_ref
 
 __all__ = [
     "POOLING_MODES",
+    "apply_rope",
+    "gated_act",
+    "gated_act_ref",
+    "rms_norm",
+    "rms_norm_ref",
+    "rope_ref",
     "segment_pool",
     "segment_pool_ref",
     "varlen_attention",

@@ -18,10 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm2vec_fast.kernels import varlen_attention, varlen_attention_ref
+from llm2vec_fast.kernels import (
+    apply_rope,
+    gated_act,
+    rms_norm,
+    varlen_attention,
+    varlen_attention_ref,
+    varlen_attention_sdpa,
+)
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "triton")
+# our activation names -> the gated-activation kernel's (absent: no kernel, torch runs it)
+_KERNEL_ACT = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+}
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -93,7 +107,9 @@ class RMSNorm(nn.Module):
         self.gemma = gemma
         self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, impl: str = "sdpa") -> torch.Tensor:
+        if impl == "triton":
+            return rms_norm(x, self.weight, self.eps, gemma=self.gemma)
         dtype = x.dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -119,15 +135,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, causal, impl):
+    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl):
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        attn = varlen_attention_ref if impl == "eager" else varlen_attention
-        o = attn(q, k, v, cu_seqlens, max_seqlen, causal=causal)
+        if (
+            impl == "triton"
+        ):  # cos/sin computed in the kernel from (position_ids, inv_freq, scaling)
+            q, k = apply_rope(q, k, *rope)
+            o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=causal)
+        else:
+            cos, sin = rope
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            attn = varlen_attention_ref if impl == "eager" else varlen_attention_sdpa
+            o = attn(q, k, v, cu_seqlens, max_seqlen, causal=causal)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -139,9 +162,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
         self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.kernel_act = _KERNEL_ACT.get(cfg.hidden_act)
 
-    def forward(self, x):
+    def forward(self, x, impl: str = "sdpa"):
         gate, up = self.gate_proj(x), self.up_proj(x)
+        if impl == "triton" and self.kernel_act is not None:
+            return self.down_proj(gated_act(gate, up, self.kernel_act))
         if torch.is_grad_enabled():
             return self.down_proj(self.act(gate) * up)
         # inference: reuse the [tokens, intermediate] buffer instead of allocating two more
@@ -158,11 +184,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, causal, impl):
-        x = x + self.self_attn(
-            self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, causal, impl
-        )
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl):
+        h = self.input_layernorm(x, impl)
+        x = x + self.self_attn(h, rope, cu_seqlens, max_seqlen, causal, impl)
+        return x + self.mlp(self.post_attention_layernorm(x, impl), impl)
 
 
 def _rope_tables(hf_config) -> tuple[torch.Tensor, float]:
@@ -177,8 +202,10 @@ def _rope_tables(hf_config) -> tuple[torch.Tensor, float]:
 class EncoderModel(nn.Module):
     """A decoder-only transformer used as an encoder over packed input.
 
-    ``attn_implementation``: ``"sdpa"`` (torch SDPA per text, the default) or ``"eager"``
-    (explicit softmax, the test reference). ``causal=False`` is LLM2Vec's bidirectional mode.
+    ``attn_implementation``: ``"sdpa"`` (torch SDPA per text, the default), ``"eager"`` (explicit
+    softmax, the test reference) or ``"triton"`` (our kernels for RMSNorm, RoPE, the gated
+    activation and varlen attention on CUDA tensors, or under ``TRITON_INTERPRET=1``; the PyTorch
+    references elsewhere). ``causal=False`` is LLM2Vec's bidirectional mode.
     """
 
     def __init__(self, hf_config, attn_implementation: str = "sdpa", causal: bool = False):
@@ -228,7 +255,11 @@ class EncoderModel(nn.Module):
         x = self.embed_tokens(input_ids)
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        cos, sin = self.rope(position_ids, x.dtype)
+        impl = self._attn_implementation
+        if impl == "triton":
+            rope = (position_ids, self.inv_freq, self.attention_scaling)
+        else:
+            rope = self.rope(position_ids, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, cu_seqlens, max_seqlen, self.causal, self._attn_implementation)
-        return self.norm(x)
+            x = layer(x, rope, cu_seqlens, max_seqlen, self.causal, impl)
+        return self.norm(x, impl)

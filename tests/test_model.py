@@ -82,7 +82,7 @@ def _hf_hidden(model, ids: torch.Tensor, causal: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("impl", ["eager", "sdpa", "triton"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 def test_matches_hf_family(family, impl, causal):
     cfg, hf = _tiny_hf(family, seed=hash((family, impl, causal)) % 1000)
