@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ._launch import use_triton
+from ._launch import INTERPRET, use_triton
 from .attention import varlen_attention_ref, varlen_attention_sdpa
+from .flash_varlen import flash_varlen_attention
 from .glu import gated_act, gated_act_ref
 from .pooling import POOLING_MODES, segment_pool_ref
 from .rms_norm import rms_norm, rms_norm_ref
@@ -20,6 +21,7 @@ from .rope import apply_rope, rope_ref
 __all__ = [
     "POOLING_MODES",
     "apply_rope",
+    "flash_varlen_attention",
     "gated_act",
     "gated_act_ref",
     "rms_norm",
@@ -44,9 +46,17 @@ def varlen_attention(
 ) -> torch.Tensor:
     """Attention inside each packed text: q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` -> ``[T, Hq, D]``.
 
-    ``cu_seqlens`` int32 ``[n_texts + 1]``; ``causal=False`` is LLM2Vec's bidirectional attention.
-    Differentiable. Runs torch SDPA per text on every device for now.
+    ``cu_seqlens`` int32 ``[n_texts + 1]``; ``max_seqlen`` at least the longest text;
+    ``causal=False`` is LLM2Vec's bidirectional attention. Differentiable.
+
+    float16/bfloat16 CUDA tensors (and any dtype under ``TRITON_INTERPRET=1``) run the Triton
+    flash kernel (:mod:`llm2vec_fast.kernels.flash_varlen`); float32 on CUDA and CPU tensors run
+    torch SDPA once per text.
     """
+    if use_triton(q, k, v) and (INTERPRET or q.dtype != torch.float32):
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        return flash_varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale)
     return varlen_attention_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale)
 
 
