@@ -382,20 +382,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def tensors_sha256(path: Path) -> str:
-    """A hash of a safetensors file's tensors (names, dtypes, shapes, bytes), not of its
-    metadata: peft versions differ in what they write there."""
-    from safetensors import safe_open
-
-    h = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name).contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def f32(values) -> list:
     """float32 values as Python floats whose repr is the shortest float32 round trip."""
     arr = np.asarray(values, dtype=np.float32)
@@ -405,7 +391,7 @@ def f32(values) -> list:
 def build_checkpoints(work: Path, peft012_fields: list[str]) -> tuple[dict, dict]:
     """Write every checkpoint; return ({name: dir}, {name: recorded spec with hashes})."""
     from llm2vec_fast import LLM2Vec
-    from llm2vec_fast.testing import make_tiny_checkpoint, make_tiny_lora
+    from llm2vec_fast.testing import make_tiny_checkpoint, make_tiny_lora, tensors_sha256
 
     sys.path.insert(0, str(BENCH))
     from official_runner import _inert  # the runner's rule for keys peft 0.12 may drop

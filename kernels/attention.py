@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
+    """Shape checks shared by every varlen attention path (a clear ValueError)."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"q, k, v must be [total_tokens, heads, head_dim]; got {tuple(q.shape)}, "
@@ -55,7 +56,7 @@ def varlen_attention_ref(
 
     Returns ``[total_tokens, Hq, D]`` in q's dtype. In float32 this is HF's eager attention.
     """
-    _check(q, k, v, cu_seqlens)
+    check_qkv(q, k, v, cu_seqlens)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     groups = q.shape[1] // k.shape[1]
     out = torch.zeros_like(q)
@@ -87,7 +88,7 @@ def varlen_attention_sdpa(
     Texts of equal length are stacked into one SDPA call, so a length-sorted packed batch costs
     one call per distinct length rather than one per text.
     """
-    _check(q, k, v, cu_seqlens)
+    check_qkv(q, k, v, cu_seqlens)
     groups = q.shape[1] // k.shape[1]
     out = torch.empty_like(q)
     segs = _segments(cu_seqlens)

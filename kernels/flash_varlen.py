@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ._launch import HAVE_TRITON, next_pow2
+from .attention import check_qkv
 
 if HAVE_TRITON:
     import triton
@@ -352,17 +353,7 @@ if HAVE_TRITON:
 def _check_inputs(q, k, v, cu_seqlens) -> None:
     if not HAVE_TRITON:
         raise RuntimeError("flash_varlen needs triton (the `gpu` extra)")
-    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-        raise ValueError(
-            f"q, k, v must be [total_tokens, heads, head_dim]; got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
-        raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)} do not match")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(
-            f"query heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})"
-        )
+    check_qkv(q, k, v, cu_seqlens)
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (
         torch.float16,
         torch.bfloat16,

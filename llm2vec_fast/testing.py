@@ -571,3 +571,17 @@ def assert_close_2x(out, ref, ref64, atol: float, rtol: float, what: str = "outp
         rtol=rtol,
         msg=lambda m: f"{what} ({out.dtype}, reference error {ref_err:.3g}): {m}",
     )
+
+
+def tensors_sha256(path: str | os.PathLike) -> str:
+    """A hash of a safetensors file's tensors (names, dtypes, shapes, bytes), not of its
+    metadata: peft versions differ in what they write there."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for name in sorted(f.keys()):
+            t = f.get_tensor(name).contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()

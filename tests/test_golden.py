@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.testing import make_tiny_checkpoint, make_tiny_lora
+from llm2vec_fast.testing import make_tiny_checkpoint, make_tiny_lora, tensors_sha256
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 REGENERATE = "regenerate the fixtures with bench/make_golden_fixtures.py"
@@ -73,18 +73,6 @@ def test_fixtures_present():
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _tensors_sha256(path: Path) -> str:
-    from safetensors import safe_open
-
-    h = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name).contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 class Checkpoints:
@@ -191,7 +179,7 @@ def test_regenerated_checkpoint_hashes(ckpts, fname, name):
     table = FIX[fname]["checkpoints"]
     d = ckpts.get(table, name)
     for f, want in table[name]["sha256"].items():
-        got = _tensors_sha256(d / f) if f.startswith("adapter_") else _sha256(d / f)
+        got = tensors_sha256(d / f) if f.startswith("adapter_") else _sha256(d / f)
         assert got == want, (
             f"{fname}: checkpoint {name!r}, {f} no longer regenerates bit for bit from "
             f"{ {k: v for k, v in table[name].items() if k != 'sha256'} } "
