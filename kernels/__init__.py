@@ -14,7 +14,7 @@ from ._launch import INTERPRET, use_triton
 from .attention import varlen_attention_ref, varlen_attention_sdpa
 from .flash_varlen import flash_varlen_attention
 from .glu import gated_act, gated_act_ref
-from .pooling import POOLING_MODES, segment_pool_ref
+from .pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
 from .rms_norm import rms_norm, rms_norm_ref
 from .rope import apply_rope, rope_ref
 
@@ -65,6 +65,9 @@ def segment_pool(
 ) -> torch.Tensor:
     """Pool each packed text to one float32 vector: ``[T, H] -> [n_texts, H]``.
 
-    See :mod:`llm2vec_fast.kernels.pooling` for the modes. Differentiable.
+    See :mod:`llm2vec_fast.kernels.pooling` for the modes. Differentiable. One read of the
+    hidden states in the Triton kernel (CUDA, or under ``TRITON_INTERPRET=1``).
     """
+    if use_triton(hidden):
+        return segment_pool_triton(hidden, cu_seqlens, pool_mask, mode)
     return segment_pool_ref(hidden, cu_seqlens, pool_mask, mode)

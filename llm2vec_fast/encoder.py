@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm2vec_fast.kernels import segment_pool
+from llm2vec_fast.kernels import segment_pool, segment_pool_ref
 from llm2vec_fast.loading import (
     CheckpointError,
     apply_adapter,
@@ -443,15 +443,18 @@ class LLM2Vec(nn.Module):
         return self.model(input_ids, cu_seqlens, position_ids, max_seqlen)
 
     def _pool(self, hidden, cu_seqlens, pool_mask, input_ids) -> torch.Tensor:
+        # the Triton pooling kernel goes with the Triton model path; torch otherwise
+        base = self.model.get_base_model() if _is_peft(self.model) else self.model
+        pool = segment_pool if base.attn_implementation == "triton" else segment_pool_ref
         mode = self.pooling_mode
         if mode == "bos_token":
             bos = self.tokenizer.bos_token_id
             if bos is None:
                 raise ValueError("bos_token pooling: the tokenizer has no BOS token")
-            return segment_pool(hidden, cu_seqlens, input_ids == bos, "bos_token")
+            return pool(hidden, cu_seqlens, input_ids == bos, "bos_token")
         if mode == "eos_token":
             mode = "last_token"
-        return segment_pool(hidden, cu_seqlens, pool_mask, mode)
+        return pool(hidden, cu_seqlens, pool_mask, mode)
 
     # ------------------------------------------------------------------ saving
 

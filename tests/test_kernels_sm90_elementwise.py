@@ -87,3 +87,23 @@ def _only_when_slow_selected(request):
 @pytest.mark.parametrize("kernel, sig, const, opts", FULL)
 def test_compiles_for_sm90_without_spills_full(kernel, sig, const, opts):
     _compile_and_check(kernel, sig, const, opts)
+
+
+# Segment pooling (kernels/pooling.py): forward and backward, every mode, at the launchers'
+# block sizes for the hidden sizes above.
+pooling = importlib.import_module("llm2vec_fast.kernels.pooling")
+
+POOL_QUICK = _params(pooling._sm90_configs([4096], ["bf16"]))
+POOL_FULL = _params(pooling._sm90_configs(HIDDEN, DTYPES))
+
+
+@pytest.mark.parametrize("kernel, sig, const, opts", POOL_QUICK)
+def test_pooling_compiles_for_sm90_without_spills(kernel, sig, const, opts):
+    _compile_and_check(kernel, sig, const, opts)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_only_when_slow_selected")
+@pytest.mark.parametrize("kernel, sig, const, opts", POOL_FULL)
+def test_pooling_compiles_for_sm90_without_spills_full(kernel, sig, const, opts):
+    _compile_and_check(kernel, sig, const, opts)
