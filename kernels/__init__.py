@@ -71,3 +71,9 @@ def segment_pool(
     if use_triton(hidden):
         return segment_pool_triton(hidden, cu_seqlens, pool_mask, mode)
     return segment_pool_ref(hidden, cu_seqlens, pool_mask, mode)
+
+
+# registers torch.ops.llm2vec_fast.* (custom ops with fake and autograd) for torch.compile
+from . import ops  # noqa: E402
+
+__all__ += ["ops"]
