@@ -363,6 +363,7 @@ class LLM2Vec(nn.Module):
         *,
         normalize_embeddings: bool = False,
         max_tokens_per_batch: int | None = None,
+        output_value: str = "sentence_embedding",
     ):
         """Embed texts. Returns float32 embeddings in input order.
 
@@ -376,10 +377,23 @@ class LLM2Vec(nn.Module):
             normalize_embeddings: L2-normalise each embedding.
             convert_to_numpy: return a numpy array; else a torch tensor (on the CPU).
             device: run on this device (default: where the model is).
+            output_value: ``"sentence_embedding"`` (pooled) or ``"token_embeddings"``: each
+                text's last hidden states over its pooled tokens (the instruction's tokens
+                excluded when ``skip_instruction``), the representation the paper's word-level
+                tasks probe.
 
         Returns:
-            ``[n, hidden]`` float32, or ``[hidden]`` for a single string.
+            ``[n, hidden]`` float32, or ``[hidden]`` for a single string; for token
+            embeddings a list of ``[n_tokens_i, hidden]`` float32 (one array for a string).
         """
+        if output_value not in ("sentence_embedding", "token_embeddings"):
+            raise ValueError(
+                f"unknown output_value {output_value!r}; "
+                "expected 'sentence_embedding' or 'token_embeddings'"
+            )
+        tokens_out = output_value == "token_embeddings"
+        if tokens_out and normalize_embeddings:
+            raise ValueError("normalize_embeddings applies to sentence embeddings only")
         single = isinstance(sentences, str)
         pairs = _as_pairs(sentences)
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -404,6 +418,14 @@ class LLM2Vec(nn.Module):
             max_tokens_per_batch=max_tokens_per_batch,
             max_batch_size=batch_size,
         )
+        if tokens_out:
+            per_text: list = [None] * len(pairs)
+            for batch, token_embs in self._encode_batches(
+                batches, show_progress_bar, token_level=True
+            ):
+                for i, e in zip(batch.indices.tolist(), token_embs):
+                    per_text[i] = e.numpy() if convert_to_numpy else e
+            return per_text[0] if single else per_text
         out = torch.empty(len(pairs), self.model.config.hidden_size, dtype=torch.float32)
         for batch, emb in self._encode_batches(batches, show_progress_bar):
             out[torch.from_numpy(batch.indices)] = emb
@@ -413,8 +435,11 @@ class LLM2Vec(nn.Module):
             out = out[0]
         return out.numpy() if convert_to_numpy else out
 
-    def _encode_batches(self, batches: list[PackedBatch], show_progress_bar: bool):
-        """Run packed batches; yield ``(batch, float32 CPU embeddings [b, hidden])``."""
+    def _encode_batches(
+        self, batches: list[PackedBatch], show_progress_bar: bool, token_level: bool = False
+    ):
+        """Run packed batches; yield ``(batch, float32 CPU embeddings [b, hidden])``, or with
+        ``token_level`` ``(batch, [float32 CPU [n_pooled_i, hidden] per text])``."""
         from tqdm.auto import tqdm
 
         device = self._device()
@@ -427,8 +452,13 @@ class LLM2Vec(nn.Module):
                 hidden = self._run_model(
                     t["input_ids"], t["cu_seqlens"], t["position_ids"], batch.max_seqlen
                 )
-                emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
-                yield batch, emb.float().cpu()
+                if token_level:
+                    h, keep = hidden.float().cpu(), t["pool_mask"].cpu()
+                    cu = batch.cu_seqlens.tolist()
+                    yield batch, [h[a:b][keep[a:b]] for a, b in zip(cu[:-1], cu[1:])]
+                else:
+                    emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
+                    yield batch, emb.float().cpu()
                 tokens += batch.n_tokens
                 bar.update(batch.n_texts)
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")

@@ -394,3 +394,40 @@ def test_sharded_checkpoint(llama_dir, tmp_path):
         CheckpointError, match="shards named in model.safetensors.index.json are missing"
     ):
         LLM2Vec.from_pretrained(sharded, device="cpu")
+
+
+@pytest.mark.parametrize("skip_instruction", [True, False])
+def test_token_embeddings_are_the_hidden_states(llama_dir, skip_instruction):
+    """output_value="token_embeddings": each text's hidden states over its pooled tokens."""
+    model = LLM2Vec.from_pretrained(
+        llama_dir, max_length=32, skip_instruction=skip_instruction, device="cpu"
+    )
+    texts = [list(p) for p in PAIRS]
+    toks = model.encode(
+        texts, output_value="token_embeddings", batch_size=2, show_progress_bar=False
+    )
+    ids, pool_lengths = model._token_ids(model._joined_strings(PAIRS))
+    assert len(toks) == len(PAIRS)
+    for seq, n, t in zip(ids, pool_lengths, toks):
+        n = min(n, len(seq))
+        cu = torch.tensor([0, len(seq)], dtype=torch.int32)
+        with torch.no_grad():
+            h = model.model(torch.tensor(seq), cu, torch.arange(len(seq)), len(seq))
+        assert t.dtype == torch.float32 and t.shape == (n, model.config.hidden_size)
+        assert_close(t, h[len(seq) - n :], atol=1e-5, rtol=1e-5)
+    # mean pooling is the mean of the token embeddings (texts with a non-empty pooled span)
+    sent = model.encode(texts, show_progress_bar=False)
+    for i, t in enumerate(toks):
+        if len(t):
+            assert_close(sent[i], t.mean(0), atol=1e-5, rtol=1e-5)
+    one = model.encode(
+        "alpha beta",
+        output_value="token_embeddings",
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    assert isinstance(one, np.ndarray) and one.ndim == 2
+    with pytest.raises(ValueError, match="unknown output_value"):
+        model.encode(["a"], output_value="logits")
+    with pytest.raises(ValueError, match="sentence embeddings only"):
+        model.encode(["a"], output_value="token_embeddings", normalize_embeddings=True)
