@@ -171,7 +171,8 @@ class LLM2Vec(nn.Module):
                 ``base_model_name_or_path`` is a hub id.
             torch_dtype: float32 (default), bfloat16 or float16; a dtype or its name.
             device: where the model lives; default CUDA when available, else CPU.
-            attn_implementation: ``sdpa`` (default) or ``eager`` (the plain reference).
+            attn_implementation: ``sdpa`` (default), ``eager`` (the plain reference) or
+                ``triton`` (our Triton kernels on CUDA; not yet the default).
             pooling_mode, max_length, doc_max_length, skip_instruction: override
                 ``llm2vec_config.json``.
         """
@@ -182,7 +183,7 @@ class LLM2Vec(nn.Module):
             raise ValueError(
                 "llm2vec-fast runs its own model code; trust_remote_code is not supported"
             )
-        if "torch_dtype" not in kwargs and "dtype" in kwargs:
+        if "dtype" in kwargs:  # transformers 5's name for torch_dtype
             torch_dtype = kwargs.pop("dtype")
         kwargs.pop("low_cpu_mem_usage", None)
         if kwargs:
