@@ -391,7 +391,12 @@ def f32(values) -> list:
 def build_checkpoints(work: Path, peft012_fields: list[str]) -> tuple[dict, dict]:
     """Write every checkpoint; return ({name: dir}, {name: recorded spec with hashes})."""
     from llm2vec_fast import LLM2Vec
-    from llm2vec_fast.testing import make_tiny_checkpoint, make_tiny_lora, tensors_sha256
+    from llm2vec_fast.testing import (
+        make_published_layout,
+        make_tiny_checkpoint,
+        make_tiny_lora,
+        tensors_sha256,
+    )
 
     sys.path.insert(0, str(BENCH))
     from official_runner import _inert  # the runner's rule for keys peft 0.12 may drop
@@ -437,11 +442,7 @@ def build_checkpoints(work: Path, peft012_fields: list[str]) -> tuple[dict, dict
                 acfg = {k: v for k, v in acfg.items() if k in peft012_fields}
                 (d / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True))
                 rec["adapter_config_dropped_for_peft_0_12"] = sorted(dropped)
-                cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
-                cfg["_name_or_path"] = spec["name_or_path"]
-                (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-                for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                    shutil.copyfile(base / f, d / f)
+                make_published_layout(d, base, spec["name_or_path"])
             if spec.get("llm2vec_config"):
                 (d / "llm2vec_config.json").write_text(json.dumps(spec["llm2vec_config"], indent=4))
             rec["adapter_config"] = {

@@ -585,3 +585,22 @@ def tensors_sha256(path: str | os.PathLike) -> str:
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
             h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def make_published_layout(
+    adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, name_or_path: str
+) -> pathlib.Path:
+    """Turn a LoRA adapter directory into the published LLM2Vec layout: the base checkpoint's
+    config.json (with ``_name_or_path`` set, which the official prompt wrapping keys on) and its
+    tokenizer files beside the adapter, no weights. Returns the directory."""
+    import shutil
+
+    d, base = pathlib.Path(adapter_dir), pathlib.Path(base_dir)
+    cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    cfg["_name_or_path"] = name_or_path
+    (d / "config.json").write_text(
+        json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(base / f, d / f)
+    return d

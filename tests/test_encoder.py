@@ -11,7 +11,7 @@ import torch
 from torch.testing import assert_close
 
 from llm2vec_fast import CheckpointError, LLM2Vec
-from llm2vec_fast.testing import make_tiny_checkpoint
+from llm2vec_fast.testing import make_published_layout, make_tiny_checkpoint, make_tiny_lora
 
 SEP = "!@#$%^&*()"
 PAIRS = [
@@ -275,30 +275,8 @@ def test_save_and_reload(llama_dir, tmp_path):
     assert_close(again.encode([list(p) for p in PAIRS], show_progress_bar=False), before)
 
 
-def _random_lora(model_dir, out_dir, seed, base_name=None):
-    """A PEFT LoRA adapter on our encoder with random A and B (B is zero at init)."""
-    from peft import LoraConfig, get_peft_model
-
-    enc = LLM2Vec.from_pretrained(model_dir, device="cpu").model
-    cfg = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"]
-    )
-    peft_model = get_peft_model(enc, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    peft_model.save_pretrained(str(out_dir))
-    if base_name is not None:
-        acfg = json.loads((out_dir / "adapter_config.json").read_text())
-        acfg["base_model_name_or_path"] = base_name
-        (out_dir / "adapter_config.json").write_text(json.dumps(acfg))
-    return out_dir
-
-
 def test_peft_merged_equals_unmerged(llama_dir, tmp_path):
-    adapter = _random_lora(llama_dir, tmp_path / "lora", seed=1)
+    adapter = make_tiny_lora(llama_dir, tmp_path / "lora", seed=1)
     texts = [list(p) for p in PAIRS]
     merged = LLM2Vec.from_pretrained(llama_dir, adapter, merge_peft=True, device="cpu")
     kept = LLM2Vec.from_pretrained(llama_dir, adapter, merge_peft=False, device="cpu")
@@ -313,13 +291,11 @@ def test_peft_merged_equals_unmerged(llama_dir, tmp_path):
 
 def test_published_layout_with_local_base(llama_dir, tmp_path):
     """config.json + an MNTP adapter naming its base by hub id; a second adapter on top."""
-    mntp = _random_lora(llama_dir, tmp_path / "mntp", seed=2, base_name="org/some-hub-model")
-    cfg = json.loads((llama_dir / "config.json").read_text())
-    cfg["_name_or_path"] = "org/some-hub-model"
-    (mntp / "config.json").write_text(json.dumps(cfg))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (mntp / f).write_bytes((llama_dir / f).read_bytes())
-    simcse = _random_lora(llama_dir, tmp_path / "simcse", seed=3)
+    mntp = make_tiny_lora(
+        llama_dir, tmp_path / "mntp", seed=2, base_model_name_or_path="org/some-hub-model"
+    )
+    make_published_layout(mntp, llama_dir, "org/some-hub-model")
+    simcse = make_tiny_lora(llama_dir, tmp_path / "simcse", seed=3)
     with pytest.raises(CheckpointError, match="base_weights_path"):
         LLM2Vec.from_pretrained(mntp, device="cpu")
     model = LLM2Vec.from_pretrained(mntp, simcse, base_weights_path=llama_dir, device="cpu")
@@ -336,7 +312,7 @@ def test_published_layout_with_local_base(llama_dir, tmp_path):
 
 
 def test_save_unmerged_adapter_writes_an_adapter_old_peft_reads(llama_dir, tmp_path):
-    adapter = _random_lora(llama_dir, tmp_path / "lora", seed=5)
+    adapter = make_tiny_lora(llama_dir, tmp_path / "lora", seed=5)
     model = LLM2Vec.from_pretrained(llama_dir, adapter, merge_peft=False, device="cpu")
     model.save(tmp_path / "saved")
     saved = tmp_path / "saved"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,12 @@ import pytest
 import torch
 
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.testing import make_tiny_checkpoint, make_tiny_lora, tensors_sha256
+from llm2vec_fast.testing import (
+    make_published_layout,
+    make_tiny_checkpoint,
+    make_tiny_lora,
+    tensors_sha256,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 REGENERATE = "regenerate the fixtures with bench/make_golden_fixtures.py"
@@ -113,11 +117,7 @@ class Checkpoints:
                 base_model_name_or_path=HUB_BASE_ID if kind == "mntp" else None,
             )
             if kind == "mntp":
-                cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
-                cfg["_name_or_path"] = spec["name_or_path"]
-                (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-                for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                    shutil.copyfile(base / f, d / f)
+                make_published_layout(d, base, spec["name_or_path"])
             if spec.get("llm2vec_config"):
                 (d / "llm2vec_config.json").write_text(json.dumps(spec["llm2vec_config"]))
         else:
