@@ -458,12 +458,25 @@ class LLM2Vec(nn.Module):
                     cu = batch.cu_seqlens.tolist()
                     yield batch, [h[a:b][keep[a:b]] for a, b in zip(cu[:-1], cu[1:])]
                 else:
-                    emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
-                    yield batch, emb.float().cpu()
+                    yield batch, self._pool_to_cpu(hidden, t)
                 tokens += batch.n_tokens
                 bar.update(batch.n_texts)
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
         bar.close()
+
+    def _embed_batch(self, batch: PackedBatch) -> torch.Tensor:
+        """Pooled float32 CPU embeddings ``[b, hidden]`` of one packed batch, in batch order
+        (no normalisation). The batch job's unit of work: it catches out-of-memory here."""
+        with torch.inference_mode():
+            t = batch.to_torch(self._device())
+            hidden = self._run_model(
+                t["input_ids"], t["cu_seqlens"], t["position_ids"], batch.max_seqlen
+            )
+            return self._pool_to_cpu(hidden, t)
+
+    def _pool_to_cpu(self, hidden: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
+        return emb.float().cpu()
 
     # ------------------------------------------------------------------ internals
 
