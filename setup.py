@@ -48,7 +48,15 @@ packages, package_dir = discover_packages()
 if "llm2vec_fast.integrations" not in packages:
     packages.append("llm2vec_fast.integrations")
 
-test_requires = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "gensim", "triton"]
+test_requires = [
+    "pytest",
+    "pytest-benchmark",
+    "pytest-timeout",
+    "hypothesis",
+    "gensim",
+    "triton",
+    "pyarrow",
+]
 
 setup(
     name="llm2vec-fast",
@@ -76,6 +84,8 @@ setup(
     ],
     extras_require={
         "gpu": ["triton>=3.1"],
+        # Parquet input and output of the batch job (llm2vec-fast embed)
+        "parquet": ["pyarrow>=14"],
         "test": test_requires,
         "dev": [*test_requires, "ruff"],
     },

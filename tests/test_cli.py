@@ -255,11 +255,11 @@ ERROR_CASES = {
             tmp / "emb.npy",
             ["--model", m],
         ),
-        ["instr.jsonl", ":1:", '"instruction"'],
+        ["instr.jsonl:1:", "instruction", "not a string"],
     ),
     "unknown-input-type": (
-        lambda tmp, m: (write_lines(tmp / "in.csv", ["a"]), tmp / "emb.npy", ["--model", m]),
-        ["in.csv", ".jsonl"],
+        lambda tmp, m: (write_lines(tmp / "in.xml", ["a"]), tmp / "emb.npy", ["--model", m]),
+        ["in.xml", ".jsonl", ".parquet"],
     ),
     "empty-input": (
         lambda tmp, m: (write_lines(tmp / "empty.jsonl", []), tmp / "emb.npy", ["--model", m]),

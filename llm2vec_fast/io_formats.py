@@ -1,0 +1,418 @@
+"""Corpus readers and embedding-shard writers for the batch job (``llm2vec-fast embed``).
+
+Inputs, all streamed (memory stays bounded whatever the corpus size):
+
+- ``.txt``: one text a line; every line is a row, blank lines included (an empty text is then
+  recorded as an error by the job, not silently dropped), so line ``i`` of a single file is row
+  ``i``.
+- ``.jsonl``: one object a line with the text under ``text_column`` (default ``"text"``), and
+  optionally ``id`` and ``instruction`` fields; blank lines are skipped.
+- ``.csv`` / ``.tsv``: a header row naming the columns; the text column must exist.
+- ``.parquet``: read batch by batch with pyarrow (the ``parquet`` extra); the text column must
+  exist, the id and instruction columns are used when present.
+- a directory (its supported files, sorted by name, not recursive) or a glob pattern.
+
+Rows are numbered across all files in order, from 0. A row's id is its id column's value when
+the file has one, else its row number.
+
+Outputs (one shard = one group of consecutive rows), see :func:`write_shard`:
+
+- ``npy``: ``shard-000003.npy`` (the array) + ``shard-000003.ids.json`` (+ for int8
+  ``shard-000003.scales.npy``).
+- ``parquet``: ``shard-000003.parquet`` with columns ``id``, ``embedding`` (a fixed-size list)
+  and, for int8, ``scale``.
+- ``safetensors``: ``shard-000003.safetensors`` with tensors ``embeddings`` (and ``scales`` for
+  int8) and the ids as JSON in the metadata key ``ids``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
+OUTPUT_FORMATS = ("npy", "parquet", "safetensors")
+PRECISIONS = ("float32", "float16", "int8", "binary")
+
+
+class InputError(ValueError):
+    """An input that cannot be read at all (missing file, unknown type, missing column)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the corpus. ``text``/``instruction`` are raw values (validated by the job);
+    ``error`` is set when the row could not even be parsed (a broken JSON line)."""
+
+    row: int
+    id: object
+    text: object
+    instruction: object = None
+    error: str | None = None
+    source: str = ""
+    """Where the row came from, ``file:line`` (a 1-based line for .txt/.jsonl/.csv/.tsv, a
+    1-based row for Parquet), for error messages."""
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def resolve_inputs(spec) -> list[Path]:
+    """The input files named by ``spec``: a file, a directory, a glob pattern, or a list of
+    these. Raises :class:`InputError` when nothing readable is found."""
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not specs:
+        raise InputError("no input given")
+    files: list[Path] = []
+    for s in specs:
+        if s is None:
+            raise InputError("input path is None")
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(
+                q for q in p.iterdir() if q.is_file() and q.suffix.lower() in INPUT_SUFFIXES
+            )
+            if not found:
+                raise InputError(
+                    f"directory {p} holds no input files ({', '.join(INPUT_SUFFIXES)})"
+                )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        elif glob.has_magic(str(s)):
+            found = sorted(Path(q) for q in glob.glob(str(s)) if Path(q).is_file())
+            if not found:
+                raise InputError(f"no file matches {s}")
+            files.extend(found)
+        else:
+            raise InputError(f"input file {p} does not exist")
+    for f in files:
+        if f.suffix.lower() not in INPUT_SUFFIXES and f.suffix != "":
+            raise InputError(
+                f"{f}: unknown input type {f.suffix!r}; use {', '.join(INPUT_SUFFIXES)}"
+            )
+    return files
+
+
+def _suffix(path: Path) -> str:
+    s = path.suffix.lower()
+    return ".txt" if s in ("", ".text") else s
+
+
+def iter_records(
+    files: list[Path],
+    text_column: str = "text",
+    id_column: str = "id",
+    instruction_column: str = "instruction",
+) -> Iterator[Record]:
+    """Stream the rows of ``files`` in order (see the module docstring)."""
+    row = 0
+    for path in files:
+        kind = _suffix(path)
+        if kind == ".txt":
+            gen = _txt(path)
+        elif kind == ".jsonl":
+            gen = _jsonl(path, text_column, id_column, instruction_column)
+        elif kind in (".csv", ".tsv"):
+            gen = _csv(path, kind, text_column, id_column, instruction_column)
+        elif kind == ".parquet":
+            gen = _parquet(path, text_column, id_column, instruction_column)
+        else:
+            raise InputError(f"{path}: unknown input type {path.suffix!r}")
+        for n, id_, text, instruction, error in gen:
+            source = f"{path.name}:{n}"
+            yield Record(row, row if id_ is None else id_, text, instruction, error, source)
+            row += 1
+
+
+def _txt(path: Path):
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for n, line in enumerate(f, 1):
+            yield n, None, line.rstrip("\r\n"), None, None
+
+
+def _jsonl(path: Path, text_column: str, id_column: str, instruction_column: str):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield n, None, None, None, f"not valid JSON ({e})"
+                continue
+            if not isinstance(rec, dict):
+                yield n, None, None, None, "expected a JSON object"
+                continue
+            if text_column not in rec:
+                yield n, rec.get(id_column), None, None, f'no "{text_column}" field'
+                continue
+            yield n, rec.get(id_column), rec[text_column], rec.get(instruction_column), None
+
+
+def _csv(path: Path, kind: str, text_column: str, id_column: str, instruction_column: str):
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",")
+        fields = reader.fieldnames or []
+        if text_column not in fields:
+            raise InputError(
+                f"{path}: no column {text_column!r} (columns: {', '.join(fields) or 'none'}); "
+                "name the text column with --text-column"
+            )
+        has_id, has_instr = id_column in fields, instruction_column in fields
+        for rec in reader:
+            text = rec.get(text_column)
+            error = None if text is not None else "the row has too few fields"
+            yield (
+                reader.line_num,
+                rec.get(id_column) if has_id else None,
+                text,
+                rec.get(instruction_column) if has_instr else None,
+                error,
+            )
+
+
+def _parquet(path: Path, text_column: str, id_column: str, instruction_column: str):
+    pq = _pyarrow_parquet()
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid for a non-Parquet file
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise InputError(
+            f"{path}: no column {text_column!r} (columns: {', '.join(names)}); "
+            "name the text column with --text-column"
+        )
+    columns = [c for c in (text_column, id_column, instruction_column) if c in names]
+    n = 0
+    for batch in pf.iter_batches(batch_size=8192, columns=columns):
+        cols = {name: batch.column(name).to_pylist() for name in columns}
+        texts = cols[text_column]
+        ids = cols.get(id_column, [None] * len(texts))
+        instrs = cols.get(instruction_column, [None] * len(texts))
+        for t, i, ins in zip(texts, ids, instrs):
+            n += 1
+            yield n, i, t, ins, None
+
+
+def _pyarrow_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(
+            "Parquet needs pyarrow: pip install 'llm2vec-fast[parquet]' (or pip install pyarrow)"
+        ) from None
+    return pq
+
+
+def check_inputs(files: list[Path], text_column: str = "text", **_) -> None:
+    """Fail early (before any model loads) on a table input without its text column."""
+    for path in files:
+        kind = _suffix(path)
+        if kind in (".csv", ".tsv"):
+            next(_csv(path, kind, text_column, "", ""), None)
+        elif kind == ".parquet":
+            next(_parquet(path, text_column, "", ""), None)
+
+
+def count_rows(files: list[Path], **columns) -> int:
+    """Number of rows :func:`iter_records` yields (a streaming pass; Parquet from metadata)."""
+    n = 0
+    for path in files:
+        if _suffix(path) == ".parquet":
+            n += _pyarrow_parquet().ParquetFile(path).metadata.num_rows
+        else:
+            n += sum(1 for _ in iter_records([path], **columns))
+    return n
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_inputs(files: list[Path]) -> dict:
+    """Name, size and SHA-256 of every input file, and one hash over all of them in order."""
+    entries = [
+        {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in files
+    ]
+    total = hashlib.sha256(json.dumps([e["sha256"] for e in entries]).encode()).hexdigest()
+    return {"files": entries, "sha256": total}
+
+
+# ---------------------------------------------------------------------------------- quantisation
+
+
+def quantize(emb: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``float32 [n, d]`` -> (array, scales or None) at ``precision``.
+
+    - ``float16``: a cast (relative error <= 2**-11 for values in float16's normal range).
+    - ``int8``: symmetric per-row scalar quantisation, ``scale = max|x_row| / 127``,
+      ``q = round(x / scale)`` in ``[-127, 127]``; ``q * scale`` is within ``scale / 2`` =
+      ``max|x_row| / 254`` of ``x`` in every element. Scales are float32 ``[n]``.
+    - ``binary``: one sign bit per dimension (1 where ``x > 0``), packed big-endian into uint8
+      ``[n, ceil(d / 8)]`` as ``numpy.packbits`` does; :func:`dequantize` maps bits to +-1.
+    """
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if precision == "float32":
+        return emb, None
+    if precision == "float16":
+        return emb.astype(np.float16), None
+    if precision == "int8":
+        amax = np.abs(emb).max(axis=1) if emb.shape[1] else np.zeros(len(emb), np.float32)
+        scales = (amax / 127.0).astype(np.float32)
+        safe = np.where(scales > 0, scales, np.float32(1.0))
+        q = np.clip(np.rint(emb / safe[:, None]), -127, 127).astype(np.int8)
+        return q, scales
+    if precision == "binary":
+        return np.packbits(emb > 0, axis=1), None
+    raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+
+
+def dequantize(
+    array: np.ndarray, precision: str, scales: np.ndarray | None = None, dim: int | None = None
+) -> np.ndarray:
+    """The float32 approximation of what :func:`quantize` stored (binary: +-1 per bit; ``dim``
+    cuts the padding bits of the last byte)."""
+    if precision in ("float32", "float16"):
+        return array.astype(np.float32)
+    if precision == "int8":
+        if scales is None:
+            raise ValueError("int8 embeddings need their scales")
+        return array.astype(np.float32) * scales.astype(np.float32)[:, None]
+    if precision == "binary":
+        bits = np.unpackbits(array, axis=1)
+        if dim is not None:
+            bits = bits[:, :dim]
+        return bits.astype(np.float32) * 2.0 - 1.0
+    raise ValueError(f"unknown precision {precision!r}")
+
+
+# ---------------------------------------------------------------------------------- shards
+
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary name beside ``path``, fsync, rename onto ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _ids_column(ids: list):
+    """ids as an Arrow-friendly list: int64 when all are ints, else strings."""
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return ids
+    return [i if isinstance(i, str) else json.dumps(i) for i in ids]
+
+
+def write_shard(
+    outdir: Path, index: int, ids: list, array: np.ndarray, scales: np.ndarray | None, fmt: str
+) -> dict[str, dict]:
+    """Write one shard atomically (each file to a temporary name, then renamed; the data file
+    last). Returns ``{role: {"file", "bytes", "sha256"}}`` for the manifest."""
+    stem = shard_stem(index)
+    written: dict[str, Path] = {}
+    if fmt == "npy":
+        ids_path = outdir / f"{stem}.ids.json"
+        data = (json.dumps(ids) + "\n").encode("utf-8")
+        _atomic_write(ids_path, lambda f: f.write(data))
+        written["ids"] = ids_path
+        if scales is not None:
+            sp = outdir / f"{stem}.scales.npy"
+            _atomic_write(sp, lambda f: np.save(f, scales, allow_pickle=False))
+            written["scales"] = sp
+        path = outdir / f"{stem}.npy"
+        _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+        written["embeddings"] = path
+    elif fmt == "parquet":
+        import pyarrow as pa
+
+        pq = _pyarrow_parquet()
+        flat = pa.array(array.reshape(-1))
+        width = array.shape[1] if array.ndim == 2 else 0
+        cols = {
+            "id": pa.array(_ids_column(ids)),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, width),
+        }
+        if scales is not None:
+            cols["scale"] = pa.array(scales)
+        table = pa.table(cols)
+        path = outdir / f"{stem}.parquet"
+        _atomic_write(path, lambda f: pq.write_table(table, f))
+        written["embeddings"] = path
+    elif fmt == "safetensors":
+        from safetensors.numpy import save
+
+        tensors = {"embeddings": np.ascontiguousarray(array)}
+        if scales is not None:
+            tensors["scales"] = scales
+        data = save(tensors, metadata={"ids": json.dumps(ids)})
+        path = outdir / f"{stem}.safetensors"
+        _atomic_write(path, lambda f: f.write(data))
+        written["embeddings"] = path
+    else:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")
+    return {
+        role: {"file": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for role, p in written.items()
+    }
+
+
+def read_shard(outdir: Path, files: dict, fmt: str) -> tuple[list, np.ndarray, np.ndarray | None]:
+    """(ids, stored array, scales or None) of one shard written by :func:`write_shard`."""
+    path = outdir / files["embeddings"]["file"]
+    if fmt == "npy":
+        array = np.load(path, allow_pickle=False)
+        ids = json.loads((outdir / files["ids"]["file"]).read_text(encoding="utf-8"))
+        scales = (
+            np.load(outdir / files["scales"]["file"], allow_pickle=False)
+            if "scales" in files
+            else None
+        )
+        return ids, array, scales
+    if fmt == "parquet":
+        table = _pyarrow_parquet().read_table(path)
+        emb = table.column("embedding").combine_chunks()
+        width = emb.type.list_size
+        flat = emb.flatten().to_numpy(zero_copy_only=False)
+        array = flat.reshape(-1, width) if width else flat.reshape(len(table), 0)
+        scales = table.column("scale").to_numpy() if "scale" in table.column_names else None
+        return table.column("id").to_pylist(), array, scales
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            ids = json.loads(f.metadata()["ids"])
+            array = f.get_tensor("embeddings")
+            scales = f.get_tensor("scales") if "scales" in f.keys() else None
+        return ids, array, scales
+    raise ValueError(f"unknown output format {fmt!r}")

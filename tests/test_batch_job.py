@@ -1,0 +1,393 @@
+"""The batch embedding job: input formats, shard formats and precisions, the errors file,
+out-of-memory splits, refusal of mixed settings, resume after SIGKILL and Ctrl-C, several
+worker processes, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llm2vec_fast import LLM2Vec
+from llm2vec_fast.batch_job import JobConfig, JobError, read_embeddings, run_job
+from llm2vec_fast.cli import main as cli_main
+from llm2vec_fast.io_formats import dequantize, quantize
+from llm2vec_fast.testing import make_tiny_checkpoint
+
+pa = pytest.importorskip("pyarrow", reason="Parquet tests need pyarrow (the [parquet] extra)")
+import pyarrow.parquet as pq  # noqa: E402
+
+WORDS = "the of river bank money loan walk fast slow green idea sleeps furiously".split()
+
+
+def corpus(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(1, 40))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "llama", "llama", seed=3)
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir) -> LLM2Vec:
+    return LLM2Vec.from_pretrained(str(model_dir))
+
+
+def reference(encoder: LLM2Vec, items: list) -> np.ndarray:
+    return encoder.encode(items, convert_to_numpy=True, show_progress_bar=False)
+
+
+def job(model_dir, **kw) -> JobConfig:
+    kw.setdefault("shard_size", 7)
+    return JobConfig(model=str(model_dir), **kw)
+
+
+def run(inputs, out, config, **kw):
+    kw.setdefault("threads", 1)
+    return run_job(inputs, out, config, show_progress_bar=False, **kw)
+
+
+def shard_bytes(outdir: Path) -> dict[str, bytes]:
+    """Every output file but the manifest (it holds timings) and the lock."""
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(outdir.iterdir())
+        if p.name not in ("manifest.json", ".lock")
+    }
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def write_inputs(tmp: Path, texts: list[str], instructions: list[str]) -> dict[str, tuple]:
+    """The same rows in every input format: name -> (path or glob, expected items, ids)."""
+    n = len(texts)
+    ids = [f"doc-{i}" for i in range(n)]
+    pairs = [[ins, t] if ins else t for ins, t in zip(instructions, texts)]
+    out = {}
+    (tmp / "a.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out["txt"] = (tmp / "a.txt", texts, list(range(n)))
+    with open(tmp / "a.jsonl", "w", encoding="utf-8") as f:
+        for i, t, ins in zip(ids, texts, instructions):
+            f.write(json.dumps({"id": i, "text": t, **({"instruction": ins} if ins else {})}))
+            f.write("\n")
+    out["jsonl"] = (tmp / "a.jsonl", pairs, ids)
+    for kind, sep in (("csv", ","), ("tsv", "\t")):
+        import csv
+
+        with open(tmp / f"a.{kind}", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter=sep)
+            w.writerow(["key", "body", "instruction"])
+            for i, t, ins in zip(ids, texts, instructions):
+                w.writerow([i, t, ins])
+        out[kind] = (tmp / f"a.{kind}", pairs, ids)
+    table = pa.table({"id": ids, "text": texts, "instruction": instructions})
+    pq.write_table(table, tmp / "a.parquet", row_group_size=5)
+    out["parquet"] = (tmp / "a.parquet", pairs, ids)
+    parts = tmp / "parts"
+    parts.mkdir()
+    half = n // 2
+    (parts / "p0.txt").write_text("\n".join(texts[:half]) + "\n", encoding="utf-8")
+    (parts / "p1.txt").write_text("\n".join(texts[half:]) + "\n", encoding="utf-8")
+    out["directory"] = (parts, texts, list(range(n)))
+    out["glob"] = (str(parts / "p*.txt"), texts, list(range(n)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "tsv", "parquet", "directory", "glob"])
+def test_every_input_format(kind, model_dir, encoder, tmp_path):
+    texts = corpus(23, seed=hash(kind) % 1000)
+    instructions = ["Retrieve a passage" if i % 3 == 0 else "" for i in range(len(texts))]
+    path, items, ids = write_inputs(tmp_path, texts, instructions)[kind]
+    cols = {"text_column": "body", "id_column": "key"} if kind in ("csv", "tsv") else {}
+    s = run(path, tmp_path / "out", job(model_dir, **cols))
+    assert s["complete"] and s["embedded"] == len(texts) and s["errors"] == 0
+    got_ids, emb = read_embeddings(tmp_path / "out")
+    assert got_ids == ids
+    np.testing.assert_allclose(emb, reference(encoder, items), rtol=0, atol=1e-5)
+
+
+def test_missing_text_column_is_a_clear_error(model_dir, tmp_path):
+    pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "x.parquet")
+    with pytest.raises(JobError, match=r"x\.parquet.*no column 'text'.*--text-column"):
+        run(tmp_path / "x.parquet", tmp_path / "out", job(model_dir))
+    (tmp_path / "x.csv").write_text("body\nhello\n", encoding="utf-8")
+    with pytest.raises(JobError, match=r"x\.csv.*no column 'text'"):
+        run(tmp_path / "x.csv", tmp_path / "out2", job(model_dir))
+    with pytest.raises(JobError, match="does not exist"):
+        run(tmp_path / "nope.txt", tmp_path / "out3", job(model_dir))
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("fmt", ["npy", "parquet", "safetensors"])
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8", "binary"])
+def test_output_formats_and_precisions(fmt, precision, model_dir, encoder, tmp_path):
+    texts = corpus(19, seed=7)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    truncate = 40 if precision in ("int8", "binary") else None
+    cfg = job(model_dir, format=fmt, precision=precision, truncate_dim=truncate, normalize=True)
+    run(tmp_path / "in.txt", tmp_path / "out", cfg)
+    ref = torch.tensor(reference(encoder, texts))
+    if truncate:
+        ref = ref[:, :truncate]
+    ref = torch.nn.functional.normalize(ref, dim=1).numpy()
+    ids, stored = read_embeddings(tmp_path / "out")
+    assert ids == list(range(len(texts)))
+    _, deq = read_embeddings(tmp_path / "out", dequantized=True)
+    assert deq.dtype == np.float32 and deq.shape == ref.shape
+    if precision == "float32":
+        assert stored.dtype == np.float32
+        np.testing.assert_allclose(stored, ref, rtol=0, atol=1e-6)
+    elif precision == "float16":
+        assert stored.dtype == np.float16
+        np.testing.assert_allclose(deq, ref, rtol=2**-11, atol=1e-7)
+    elif precision == "int8":
+        assert stored.dtype == np.int8
+        bound = np.abs(ref).max(axis=1, keepdims=True) / 254 + 1e-6  # the documented bound
+        assert np.all(np.abs(deq - ref) <= bound)
+    else:
+        assert stored.dtype == np.uint8 and stored.shape == (len(texts), truncate // 8)
+        np.testing.assert_array_equal(deq > 0, ref > 0)
+
+
+def test_quantize_bounds_on_random_data():
+    rng = np.random.default_rng(11)
+    for d in (1, 7, 64, 100):
+        x = (rng.standard_normal((33, d)) * rng.uniform(0.01, 100, (33, 1))).astype(np.float32)
+        x[3] = 0.0  # an all-zero row
+        q, s = quantize(x, "int8")
+        assert q.dtype == np.int8 and s.shape == (33,)
+        err = np.abs(dequantize(q, "int8", s) - x)
+        assert np.all(err <= np.abs(x).max(axis=1, keepdims=True) / 254 * (1 + 1e-6) + 1e-30)
+        b, _ = quantize(x, "binary")
+        np.testing.assert_array_equal(dequantize(b, "binary", dim=d) > 0, x > 0)
+    with pytest.raises(ValueError, match="unknown precision"):
+        quantize(x, "int4")
+
+
+# ---------------------------------------------------------------------------------- faults
+
+
+def test_errors_file_and_the_job_goes_on(model_dir, encoder, tmp_path):
+    lines = [
+        json.dumps({"id": "a", "text": "a fine text"}),
+        json.dumps({"id": "b", "text": ""}),
+        json.dumps({"id": "c", "text": 42}),
+        '{"id": "d", "text": "broken',
+        json.dumps({"id": "e", "body": "no text field"}),
+        json.dumps({"id": "f", "text": "   \t "}),
+        json.dumps({"id": "g", "text": "lone \ud800 surrogate"}),
+        json.dumps({"id": "h", "text": "ok", "instruction": ["not", "a", "string"]}),
+        json.dumps({"id": "i", "text": "another fine text"}),
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    s = run(tmp_path / "in.jsonl", tmp_path / "out", job(model_dir, shard_size=4))
+    assert s["complete"] and s["embedded"] == 2 and s["errors"] == 7
+    ids, emb = read_embeddings(tmp_path / "out")
+    assert ids == ["a", "i"]
+    np.testing.assert_allclose(
+        emb, reference(encoder, ["a fine text", "another fine text"]), atol=1e-5, rtol=0
+    )
+    errors = [json.loads(x) for x in (tmp_path / "out/errors.jsonl").read_text().splitlines()]
+    by_id = {e["id"]: e for e in errors}
+    assert [e["row"] for e in errors] == [1, 2, 3, 4, 5, 6, 7]
+    assert by_id["b"]["reason"] == "empty text" and by_id["f"]["reason"] == "empty text"
+    assert "not a string" in by_id["c"]["reason"]
+    assert "not valid JSON" in errors[2]["reason"] and errors[2]["source"] == "in.jsonl:4"
+    assert '"text"' in by_id["e"]["reason"]
+    assert "unicode" in by_id["g"]["reason"]
+    assert "instruction" in by_id["h"]["reason"]
+
+
+def test_out_of_memory_splits_the_batch(model_dir, tmp_path, monkeypatch):
+    texts = corpus(30, seed=5)
+    texts[4] = " ".join(["river"] * 120)  # over the simulated limit even alone
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    plain = run(tmp_path / "in.txt", tmp_path / "plain", job(model_dir, shard_size=30))
+    assert plain["oom_splits"] == 0
+    monkeypatch.setenv("LLM2VEC_FAST_TEST_OOM_ABOVE_TOKENS", "100")
+    s = run(tmp_path / "in.txt", tmp_path / "split", job(model_dir, shard_size=30))
+    assert s["oom_splits"] > 0 and s["errors"] == 1 and s["embedded"] == 29
+    manifest = json.loads((tmp_path / "split/manifest.json").read_text())
+    assert manifest["shards"][0]["oom_splits"] == s["oom_splits"]
+    err = json.loads((tmp_path / "split/errors.jsonl").read_text())
+    assert err["row"] == 4 and "out of memory" in err["reason"]
+    ids_a, a = read_embeddings(tmp_path / "plain")
+    ids_b, b = read_embeddings(tmp_path / "split")
+    keep = [i for i in ids_a if i != 4]
+    assert ids_b == keep
+    np.testing.assert_allclose(b, a[keep], rtol=0, atol=1e-5)
+
+
+def test_refuses_to_mix_settings(model_dir, tmp_path):
+    (tmp_path / "in.txt").write_text("\n".join(corpus(10, 1)) + "\n", encoding="utf-8")
+    run(tmp_path / "in.txt", tmp_path / "out", job(model_dir))
+    before = shard_bytes(tmp_path / "out")
+    with pytest.raises(JobError, match=r"refusing to mix.*precision: 'float32' in the output"):
+        run(tmp_path / "in.txt", tmp_path / "out", job(model_dir, precision="int8"))
+    with pytest.raises(JobError, match="shard_size"):
+        run(tmp_path / "in.txt", tmp_path / "out", job(model_dir, shard_size=3))
+    other = make_tiny_checkpoint(tmp_path / "other", "llama", seed=99)
+    with pytest.raises(JobError, match="model"):
+        run(tmp_path / "in.txt", tmp_path / "out", JobConfig(model=str(other), shard_size=7))
+    (tmp_path / "in.txt").write_text("\n".join(corpus(10, 2)) + "\n", encoding="utf-8")
+    with pytest.raises(JobError, match="input files differ"):
+        run(tmp_path / "in.txt", tmp_path / "out", job(model_dir))
+    assert shard_bytes(tmp_path / "out") == before
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy/notes.txt").write_text("mine")
+    with pytest.raises(JobError, match="not empty"):
+        run(tmp_path / "in.txt", tmp_path / "busy", job(model_dir))
+
+
+def test_second_job_on_the_same_output_refuses(model_dir, tmp_path):
+    import fcntl
+
+    (tmp_path / "in.txt").write_text("a\nb\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(JobError, match="another job"):
+            run(tmp_path / "in.txt", out, job(model_dir))
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+def cli_argv(inp: Path, out: Path, model_dir: Path, *extra: str) -> list[str]:
+    return [
+        "embed", str(inp), "-o", str(out), "--model", str(model_dir), "--threads", "1",
+        "--shard-size", "6", "-q", *extra,
+    ]  # fmt: skip
+
+
+def spawn(argv: list[str], **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llm2vec_fast.cli", *argv],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def resume_case(model_dir, tmp_path_factory):
+    """An input of 10 shards and its uninterrupted output (int8 parquet: three files kinds)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    texts = corpus(57, seed=21)
+    texts[8] = ""  # an error row in shard 1
+    (tmp / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    extra = ("--format", "npy", "--precision", "int8")
+    assert cli_main(cli_argv(tmp / "in.txt", tmp / "ref", model_dir, *extra)) == 0
+    return tmp, extra, shard_bytes(tmp / "ref")
+
+
+@pytest.mark.parametrize("point", ["embedded:3", "files_written:3", "manifest_written:3"])
+def test_resume_after_kill_at_each_step_is_byte_identical(point, resume_case, model_dir):
+    tmp, extra, ref = resume_case
+    out = tmp / f"killed-{point.split(':')[0]}"
+    proc = spawn(cli_argv(tmp / "in.txt", out, model_dir, *extra), LLM2VEC_FAST_TEST_KILL_AT=point)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = [s["index"] for s in manifest["shards"]]
+    assert done == ([0, 1, 2, 3] if point.startswith("manifest") else [0, 1, 2])
+    assert cli_main(cli_argv(tmp / "in.txt", out, model_dir, *extra)) == 0
+    assert shard_bytes(out) == ref
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resume_after_kill_at_a_random_moment_is_byte_identical(seed, resume_case, model_dir):
+    tmp, extra, ref = resume_case
+    out = tmp / f"random-kill-{seed}"
+    # each shard takes at least 0.05 s, so the 10 shards last >= 0.5 s after the manifest
+    # appears; the kill lands at a random moment inside that window
+    proc = spawn(
+        cli_argv(tmp / "in.txt", out, model_dir, *extra), LLM2VEC_FAST_TEST_SLOW_SHARD="0.05"
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "manifest.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(random.Random(seed).uniform(0.0, 0.45))
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    assert cli_main(cli_argv(tmp / "in.txt", out, model_dir, *extra)) == 0
+    assert shard_bytes(out) == ref
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def test_ctrl_c_finishes_the_shard_and_exits_cleanly(resume_case, model_dir):
+    tmp, extra, ref = resume_case
+    out = tmp / "sigint"
+    proc = spawn(
+        cli_argv(tmp / "in.txt", out, model_dir, *extra), LLM2VEC_FAST_TEST_SLOW_SHARD="0.5"
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "manifest.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)  # inside the first shards' slow step
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rerun the same command" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and 1 <= len(manifest["shards"]) < manifest["n_shards"]
+    assert cli_main(cli_argv(tmp / "in.txt", out, model_dir, *extra)) == 0
+    assert shard_bytes(out) == ref
+
+
+# ---------------------------------------------------------------------------------- devices
+
+
+def test_several_worker_processes_write_the_same_output(model_dir, tmp_path):
+    texts = corpus(40, seed=9)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run(tmp_path / "in.txt", tmp_path / "one", job(model_dir))
+    s = run(tmp_path / "in.txt", tmp_path / "two", job(model_dir), devices=["cpu", "cpu"])
+    assert s["complete"] and s["embedded"] == 40
+    manifest = json.loads((tmp_path / "two/manifest.json").read_text())
+    assert [x["index"] for x in manifest["shards"]] == list(range(6))
+    assert shard_bytes(tmp_path / "two") == shard_bytes(tmp_path / "one")
+
+
+# ---------------------------------------------------------------------------------- cli
+
+
+def test_cli_job_summary_rerun_and_flags(model_dir, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("one\n\nthree\nfour\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = cli_argv(tmp_path / "in.txt", out, model_dir, "--format", "safetensors")
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "1/1 shards" in text and "3 texts embedded, 1 errors" in text
+    assert cli_main(argv) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert cli_main([*argv[:-2], "--format", "npy"]) == 2
+    assert "refusing to mix" in capsys.readouterr().err
+    npy = tmp_path / "x.npy"
+    assert cli_main(["embed", str(tmp_path / "in.txt"), "-o", str(npy), "--shard-size", "3"]) == 2
+    assert "--shard-size needs an output directory" in capsys.readouterr().err
+    assert cli_main(["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "x.csv")]) == 2
+    assert "a .npy file or a directory" in capsys.readouterr().err
