@@ -499,6 +499,128 @@ class _SigintGuard:
             signal.signal(signal.SIGINT, self._old)
 
 
+class Job:
+    """An opened job: its input files, its manifest, and the one place that records a finished
+    shard (only the process holding the job writes the manifest)."""
+
+    def __init__(self, files: list[Path], outdir: Path, config: JobConfig, manifest: dict):
+        self.files, self.outdir, self.config, self.manifest = files, outdir, config, manifest
+        self.columns = dict(
+            text_column=config.text_column,
+            id_column=config.id_column,
+            instruction_column=config.instruction_column,
+        )
+
+    @property
+    def done(self) -> set[int]:
+        return {s["index"] for s in self.manifest["shards"]}
+
+    @property
+    def n_shards(self) -> int:
+        return self.manifest["n_shards"]
+
+    def write_manifest(self) -> None:
+        write_json_atomic(self.outdir / MANIFEST, self.manifest)
+
+    def check_model(self, desc: dict) -> None:
+        """The loaded model's resolved settings (pooling, lengths, dims) must be those the
+        output was started with; the first run records them."""
+        if "model_config" in self.manifest:
+            if self.manifest["model_config"] != desc:
+                raise JobError(
+                    "the model now resolves to different settings than when this output "
+                    "was started: " + "; ".join(_diff(self.manifest["model_config"], desc))
+                )
+        else:
+            self.manifest["model_config"] = desc
+            self.write_manifest()
+
+    def record(self, entry: dict) -> dict:
+        shards = self.manifest["shards"]
+        shards.append(entry)
+        shards.sort(key=lambda s: s["index"])
+        if len(shards) == self.n_shards:
+            self.manifest["complete"] = True
+        self.write_manifest()
+        _write_errors(self.outdir, self.manifest)
+        _test_kill("manifest_written", entry["index"])
+        return entry
+
+    def summary(self, **extra) -> dict:
+        return {
+            "outdir": str(self.outdir),
+            "rows": self.manifest["input"]["n_rows"],
+            "shards": self.n_shards,
+            **_totals(self.manifest),
+            "complete": self.manifest["complete"],
+            **extra,
+        }
+
+
+@contextlib.contextmanager
+def open_job(inputs, outdir, config: JobConfig):
+    """Check the settings and the input, lock ``outdir``, read or create its manifest, and
+    refuse a manifest made with other settings, model, adapters or input."""
+    config.check()
+    outdir = Path(outdir)
+    try:
+        files = resolve_inputs(inputs)
+        check_inputs(
+            files, text_column=config.text_column, instruction_column=config.instruction_column
+        )
+    except InputError as e:
+        raise JobError(str(e)) from None
+    if outdir.exists() and not outdir.is_dir():
+        raise JobError(f"output {outdir} exists and is not a directory")
+    with _locked(outdir):
+        for stale in outdir.glob(".*.tmp-*"):
+            stale.unlink()
+        manifest_path = outdir / MANIFEST
+        input_fp = fingerprint_inputs(files)
+        model_fp = model_fingerprint(config)
+        job = Job(files, outdir, config, {})
+        if manifest_path.exists():
+            manifest = _read_manifest(manifest_path)
+            diffs = _diff(manifest["settings"], config.output_settings())
+            diffs += _diff({"model": manifest["model"]["fingerprint"]}, {"model": model_fp})
+            if manifest["input"]["sha256"] != input_fp["sha256"]:
+                diffs.append("input: the input files differ from the ones this output was made of")
+            if diffs:
+                raise JobError(
+                    f"{outdir} holds the output of a different job; refusing to mix shards. "
+                    "Differences: " + "; ".join(diffs) + ". Use a new output directory."
+                )
+        else:
+            others = [p.name for p in outdir.iterdir() if p.name != ".lock"]
+            if others:
+                raise JobError(
+                    f"{outdir} is not empty and holds no {MANIFEST} (found {others[0]!r}); "
+                    "use an empty or new directory"
+                )
+            try:
+                n_rows = count_rows(files, **job.columns)
+            except InputError as e:
+                raise JobError(str(e)) from None
+            if n_rows == 0:
+                raise JobError(f"the input ({', '.join(map(str, files))}) contains no texts")
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "complete": False,
+                "settings": config.output_settings(),
+                "model": {
+                    "path": config.model,
+                    "peft": config.peft,
+                    "base_weights": config.base_weights,
+                    "fingerprint": model_fp,
+                },
+                "input": {**input_fp, "n_rows": n_rows, **job.columns},
+                "n_shards": math.ceil(n_rows / config.shard_size),
+                "shards": [],
+            }
+        job.manifest = manifest
+        yield job
+
+
 def run_job(
     inputs,
     outdir,
@@ -523,111 +645,43 @@ def run_job(
     Returns:
         a summary dict (rows, embedded, errors, shards, seconds, tokens, interrupted, ...).
     """
-    config = config or JobConfig()
-    config.check()
-    outdir = Path(outdir)
-    try:
-        files = resolve_inputs(inputs)
-        check_inputs(
-            files, text_column=config.text_column, instruction_column=config.instruction_column
-        )
-    except InputError as e:
-        raise JobError(str(e)) from None
-    devs = resolve_devices(devices)
-    t_start = time.perf_counter()
-    columns = dict(
-        text_column=config.text_column,
-        id_column=config.id_column,
-        instruction_column=config.instruction_column,
-    )
-    if outdir.exists() and not outdir.is_dir():
-        raise JobError(f"output {outdir} exists and is not a directory")
-    with _locked(outdir):
-        for stale in outdir.glob(".*.tmp-*"):
-            stale.unlink()
-        manifest_path = outdir / MANIFEST
-        input_fp = fingerprint_inputs(files)
-        model_fp = model_fingerprint(config)
-        if manifest_path.exists():
-            manifest = _read_manifest(manifest_path)
-            diffs = _diff(manifest["settings"], config.output_settings())
-            diffs += _diff({"model": manifest["model"]["fingerprint"]}, {"model": model_fp})
-            if manifest["input"]["sha256"] != input_fp["sha256"]:
-                diffs.append("input: the input files differ from the ones this output was made of")
-            if diffs:
-                raise JobError(
-                    f"{outdir} holds the output of a different job; refusing to mix shards. "
-                    "Differences: " + "; ".join(diffs) + ". Use a new output directory."
-                )
-            n_rows = manifest["input"]["n_rows"]
-        else:
-            others = [p.name for p in outdir.iterdir() if p.name != ".lock"]
-            if others:
-                raise JobError(
-                    f"{outdir} is not empty and holds no {MANIFEST} (found {others[0]!r}); "
-                    "use an empty or new directory"
-                )
-            try:
-                n_rows = count_rows(files, **columns)
-            except InputError as e:
-                raise JobError(str(e)) from None
-            if n_rows == 0:
-                raise JobError(f"the input ({', '.join(map(str, files))}) contains no texts")
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "complete": False,
-                "settings": config.output_settings(),
-                "model": {
-                    "path": config.model,
-                    "peft": config.peft,
-                    "base_weights": config.base_weights,
-                    "fingerprint": model_fp,
-                },
-                "input": {**input_fp, "n_rows": n_rows, **columns},
-                "n_shards": math.ceil(n_rows / config.shard_size),
-                "shards": [],
-            }
-        done = {s["index"] for s in manifest["shards"]}
-        n_shards = manifest["n_shards"]
-        summary = {"outdir": str(outdir), "rows": n_rows, "shards": n_shards}
-        if manifest["complete"]:
-            return {**summary, **_totals(manifest), "already_complete": True, "seconds": 0.0}
-        import torch
+    import torch
 
+    config = config or JobConfig()
+    t_start = time.perf_counter()
+    devs = resolve_devices(devices)
+    with open_job(inputs, outdir, config) as job:
+        if job.manifest["complete"]:
+            return job.summary(already_complete=True, seconds=0.0)
+        done = job.done
         saved_threads = torch.get_num_threads()
-        runner = _Runner(config, devs, threads, outdir, manifest, manifest_path)
+        runner = _Runner(job, devs, threads)
+        tokens = 0
         try:
-            bar = _progress(n_rows, manifest, n_shards, show_progress_bar)
+            bar = _progress(job, show_progress_bar)
             with _SigintGuard() as guard, bar:
                 runner.start()
-                tokens = 0
-                for index, records in _shards(iter_records(files, **columns), config.shard_size):
+                shards = _shards(iter_records(job.files, **job.columns), config.shard_size)
+                for index, records in shards:
                     if index in done:
                         continue
                     if guard.stop:
                         break
                     for entry in runner.submit(index, records):
                         tokens += entry["tokens"]
-                        _advance(bar, entry, manifest, n_shards, tokens, t_start)
+                        _advance(bar, entry, job, tokens, t_start)
                 for entry in runner.drain():
                     tokens += entry["tokens"]
-                    _advance(bar, entry, manifest, n_shards, tokens, t_start)
-                interrupted = guard.stop and len(manifest["shards"]) < n_shards
+                    _advance(bar, entry, job, tokens, t_start)
+                interrupted = guard.stop and not job.manifest["complete"]
         finally:
             runner.close()
             torch.set_num_threads(saved_threads)
-        if len(manifest["shards"]) == n_shards:
-            manifest["complete"] = True
-            write_json_atomic(manifest_path, manifest)
-        seconds = time.perf_counter() - t_start
-        return {
-            **summary,
-            **_totals(manifest),
-            "tokens_this_run": tokens,
-            "seconds": seconds,
-            "interrupted": interrupted,
-            "complete": manifest["complete"],
-        }
+        return job.summary(
+            tokens_this_run=tokens,
+            seconds=time.perf_counter() - t_start,
+            interrupted=interrupted,
+        )
 
 
 def _read_manifest(path: Path) -> dict:
@@ -650,36 +704,42 @@ def _totals(manifest: dict) -> dict:
     }
 
 
-def _progress(n_rows: int, manifest: dict, n_shards: int, enabled: bool):
+def _progress(job: Job, enabled: bool):
     from tqdm.auto import tqdm
 
-    done_rows = sum(s["rows"][1] - s["rows"][0] for s in manifest["shards"])
-    bar = tqdm(total=n_rows, initial=done_rows, unit="text", desc="Embedding", disable=not enabled)
-    bar.set_postfix(shards=f"{len(manifest['shards'])}/{n_shards}")
+    done_rows = sum(s["rows"][1] - s["rows"][0] for s in job.manifest["shards"])
+    bar = tqdm(
+        total=job.manifest["input"]["n_rows"],
+        initial=done_rows,
+        unit="text",
+        desc="Embedding",
+        disable=not enabled,
+    )
+    bar.set_postfix(shards=f"{len(job.manifest['shards'])}/{job.n_shards}")
     return bar
 
 
-def _advance(bar, entry: dict, manifest: dict, n_shards: int, tokens: int, t0: float) -> None:
+def _advance(bar, entry: dict, job: Job, tokens: int, t0: float) -> None:
     bar.update(entry["rows"][1] - entry["rows"][0])
     rate = tokens / max(time.perf_counter() - t0, 1e-9)
-    bar.set_postfix(shards=f"{len(manifest['shards'])}/{n_shards}", tok_s=f"{rate:,.0f}")
+    bar.set_postfix(shards=f"{len(job.manifest['shards'])}/{job.n_shards}", tok_s=f"{rate:,.0f}")
 
 
 class _Runner:
-    """Runs shards in this process (one device) or in one worker process per device, and
-    records each finished shard in the manifest (only this process writes it)."""
+    """Runs shards in this process (one device) or in one worker process per device; the
+    job records each finished shard."""
 
-    def __init__(self, config, devs, threads, outdir: Path, manifest: dict, manifest_path: Path):
-        self.config, self.devs, self.threads = config, devs, threads
-        self.outdir, self.manifest, self.manifest_path = outdir, manifest, manifest_path
+    def __init__(self, job: Job, devs, threads):
+        self.job, self.devs, self.threads = job, devs, threads
         self.local: ShardEmbedder | None = None
         self.procs: list = []
         self.in_flight = 0
 
     def start(self) -> None:
+        config, outdir = self.job.config, self.job.outdir
         if len(self.devs) == 1:
-            self.local = ShardEmbedder(self.config, self.devs[0], self.threads)
-            self._check_model(self.local.describe())
+            self.local = ShardEmbedder(config, self.devs[0], self.threads)
+            self.job.check_model(self.local.describe())
             return
         import torch.multiprocessing as mp
 
@@ -690,7 +750,7 @@ class _Runner:
         for d in self.devs:
             p = ctx.Process(
                 target=_worker_main,
-                args=(self.config, d, threads, str(self.outdir), self.tasks, self.results),
+                args=(config, d, threads, str(outdir), self.tasks, self.results),
                 daemon=True,
             )
             p.start()
@@ -699,18 +759,7 @@ class _Runner:
             kind, dev, payload = self._get()
             if kind != "ready":
                 raise JobError(f"worker on {dev} failed: {payload}")
-            self._check_model(payload)
-
-    def _check_model(self, desc: dict) -> None:
-        if "model_config" in self.manifest:
-            if self.manifest["model_config"] != desc:
-                raise JobError(
-                    "the model now resolves to different settings than when this output "
-                    "was started: " + "; ".join(_diff(self.manifest["model_config"], desc))
-                )
-        else:
-            self.manifest["model_config"] = desc
-            write_json_atomic(self.manifest_path, self.manifest)
+            self.job.check_model(payload)
 
     def _get(self):
         import queue
@@ -725,19 +774,10 @@ class _Runner:
                         f"a worker process died (exit code {dead[0].exitcode})"
                     ) from None
 
-    def _record(self, entry: dict) -> dict:
-        shards = self.manifest["shards"]
-        shards.append(entry)
-        shards.sort(key=lambda s: s["index"])
-        write_json_atomic(self.manifest_path, self.manifest)
-        _write_errors(self.outdir, self.manifest)
-        _test_kill("manifest_written", entry["index"])
-        return entry
-
     def submit(self, index: int, records: list[Record]) -> list[dict]:
         """Run (or queue) one shard; returns the entries of shards finished meanwhile."""
         if self.local is not None:
-            return [self._record(self.local.embed_shard(self.outdir, index, records))]
+            return [self.job.record(self.local.embed_shard(self.job.outdir, index, records))]
         finished = []
         while self.in_flight >= 2 * len(self.devs):
             finished.append(self._collect())
@@ -750,7 +790,7 @@ class _Runner:
         if kind == "error":
             raise JobError(f"worker on {dev} failed: {payload}")
         self.in_flight -= 1
-        return self._record(payload)
+        return self.job.record(payload)
 
     def drain(self) -> list[dict]:
         out = []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -112,19 +113,27 @@ def iter_records(
     text_column: str = "text",
     id_column: str = "id",
     instruction_column: str = "instruction",
+    start: dict | None = None,
 ) -> Iterator[Record]:
-    """Stream the rows of ``files`` in order (see the module docstring)."""
-    row = 0
-    for path in files:
+    """Stream the rows of ``files`` in order (see the module docstring); from the beginning,
+    or from a shard's ``start`` as :func:`plan_shards` gives it."""
+    row, first, skip, line = 0, 0, 0, 0
+    if start is not None:
+        row, first, skip, line = start["row"], start["file"], start["skip"], start["line"]
+    for fi in range(first, len(files)):
+        path = files[fi]
         kind = _suffix(path)
+        offset = skip if fi == first else 0
+        line0 = line if fi == first else 0
         if kind == ".txt":
-            gen = _txt(path)
+            gen = _txt(path, offset, line0)
         elif kind == ".jsonl":
-            gen = _jsonl(path, text_column, id_column, instruction_column)
+            gen = _jsonl(path, text_column, id_column, instruction_column, offset, line0)
         elif kind in (".csv", ".tsv"):
             gen = _csv(path, kind, text_column, id_column, instruction_column)
+            gen = itertools.islice(gen, offset, None)
         elif kind == ".parquet":
-            gen = _parquet(path, text_column, id_column, instruction_column)
+            gen = _parquet(path, text_column, id_column, instruction_column, offset)
         else:
             raise InputError(f"{path}: unknown input type {path.suffix!r}")
         for n, id_, text, instruction, error in gen:
@@ -133,29 +142,80 @@ def iter_records(
             row += 1
 
 
-def _txt(path: Path):
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        for n, line in enumerate(f, 1):
-            yield n, None, line.rstrip("\r\n"), None, None
+def plan_shards(files: list[Path], shard_size: int, **columns) -> list[dict]:
+    """Where each shard of ``shard_size`` rows starts, from one pass over the input: for
+    .txt/.jsonl a byte offset (a reader seeks there), for .csv/.tsv/.parquet a row count to skip
+    in the file (Parquet skips whole row groups from its metadata). Entries:
+    ``{"index", "rows": [first, stop], "start": {"row", "file", "skip", "line"}}``."""
+    starts: list[dict] = []
+    row = 0
+    for fi, path in enumerate(files):
+        kind = _suffix(path)
+        if kind in (".txt", ".jsonl"):
+            offset, line = 0, 0
+            with open(path, "rb") as f:
+                for raw in f:
+                    if kind == ".txt" or raw.strip():
+                        if row % shard_size == 0:
+                            starts.append({"row": row, "file": fi, "skip": offset, "line": line})
+                        row += 1
+                    offset += len(raw)
+                    line += 1
+        else:
+            if kind == ".parquet":
+                n = _pyarrow_parquet().ParquetFile(path).metadata.num_rows
+            else:
+                n = sum(1 for _ in iter_records([path], **columns))
+            for k in range(n):
+                if (row + k) % shard_size == 0:
+                    starts.append({"row": row + k, "file": fi, "skip": k, "line": 0})
+            row += n
+    return [
+        {
+            "index": i,
+            "rows": [st["row"], starts[i + 1]["row"] if i + 1 < len(starts) else row],
+            "start": st,
+        }
+        for i, st in enumerate(starts)
+    ]
 
 
-def _jsonl(path: Path, text_column: str, id_column: str, instruction_column: str):
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, None, None, None, f"not valid JSON ({e})"
-                continue
-            if not isinstance(rec, dict):
-                yield n, None, None, None, "expected a JSON object"
-                continue
-            if text_column not in rec:
-                yield n, rec.get(id_column), None, None, f'no "{text_column}" field'
-                continue
-            yield n, rec.get(id_column), rec[text_column], rec.get(instruction_column), None
+def _lines(path: Path, offset: int, line0: int):
+    """(1-based line number, decoded line without its end) from byte ``offset`` on."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for n, raw in enumerate(f, line0 + 1):
+            yield n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _txt(path: Path, offset: int = 0, line0: int = 0):
+    for n, line in _lines(path, offset, line0):
+        yield n, None, line, None, None
+
+
+def _jsonl(
+    path: Path,
+    text_column: str,
+    id_column: str,
+    instruction_column: str,
+    offset: int = 0,
+    line0: int = 0,
+):
+    for n, line in _lines(path, offset, line0):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, None, None, None, f"not valid JSON ({e})"
+            continue
+        if not isinstance(rec, dict):
+            yield n, None, None, None, "expected a JSON object"
+            continue
+        if text_column not in rec:
+            yield n, rec.get(id_column), None, None, f'no "{text_column}" field'
+            continue
+        yield n, rec.get(id_column), rec[text_column], rec.get(instruction_column), None
 
 
 def _csv(path: Path, kind: str, text_column: str, id_column: str, instruction_column: str):
@@ -180,7 +240,7 @@ def _csv(path: Path, kind: str, text_column: str, id_column: str, instruction_co
             )
 
 
-def _parquet(path: Path, text_column: str, id_column: str, instruction_column: str):
+def _parquet(path: Path, text_column: str, id_column: str, instruction_column: str, skip: int = 0):
     pq = _pyarrow_parquet()
     try:
         pf = pq.ParquetFile(path)
@@ -193,8 +253,19 @@ def _parquet(path: Path, text_column: str, id_column: str, instruction_column: s
             "name the text column with --text-column"
         )
     columns = [c for c in (text_column, id_column, instruction_column) if c in names]
-    n = 0
-    for batch in pf.iter_batches(batch_size=8192, columns=columns):
+    groups, n = [], 0
+    for g in range(pf.num_row_groups):  # whole row groups before ``skip`` are not read
+        rows = pf.metadata.row_group(g).num_rows
+        if not groups and n + rows <= skip:
+            n += rows
+        else:
+            groups.append(g)
+    if not groups:
+        return
+    for batch in pf.iter_batches(batch_size=8192, columns=columns, row_groups=groups):
+        if n < skip:
+            drop = min(skip - n, batch.num_rows)
+            batch, n = batch.slice(drop), n + drop
         cols = {name: batch.column(name).to_pylist() for name in columns}
         texts = cols[text_column]
         ids = cols.get(id_column, [None] * len(texts))

@@ -391,3 +391,33 @@ def test_cli_job_summary_rerun_and_flags(model_dir, tmp_path, capsys):
     assert "--shard-size needs an output directory" in capsys.readouterr().err
     assert cli_main(["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "x.csv")]) == 2
     assert "a .npy file or a directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- shard plans
+
+
+@pytest.mark.parametrize("shard_size", [1, 4, 7, 100])
+def test_shard_plans_start_where_the_stream_does(shard_size, tmp_path):
+    """Reading from each planned start gives exactly the rows a full pass gives (the Ray
+    path's actors seek to their shard)."""
+    from itertools import islice
+
+    from llm2vec_fast.io_formats import iter_records, plan_shards
+
+    texts = corpus(23, seed=4)
+    texts[3] = ""
+    paths = write_inputs(tmp_path, texts, ["Q" if i % 2 else "" for i in range(23)])
+    (tmp_path / "b.jsonl").write_text('\n{"text": "x"}\n\n{"text": "y"}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": texts[:11]}), tmp_path / "b.parquet", row_group_size=3)
+    (tmp_path / "b.csv").write_text('text,id\n"two\nlines",7\nplain,8\n"",9\n', "utf-8")
+    files = [paths[k][0] for k in ("txt", "jsonl", "parquet")]
+    files += [tmp_path / "b.jsonl", tmp_path / "b.csv", tmp_path / "b.parquet"]
+    cols = {"text_column": "text", "id_column": "id", "instruction_column": "instruction"}
+    full = list(iter_records(files, **cols))
+    plans = plan_shards(files, shard_size, **cols)
+    assert [p["rows"][0] for p in plans] == list(range(0, len(full), shard_size))
+    assert plans[-1]["rows"][1] == len(full)
+    for plan in plans:
+        a, b = plan["rows"]
+        got = list(islice(iter_records(files, start=plan["start"], **cols), b - a))
+        assert got == full[a:b]
