@@ -56,6 +56,7 @@ test_requires = [
     "gensim",
     "triton",
     "pyarrow",
+    "ray[data]",
 ]
 
 setup(
@@ -86,6 +87,8 @@ setup(
         "gpu": ["triton>=3.1"],
         # Parquet input and output of the batch job (llm2vec-fast embed)
         "parquet": ["pyarrow>=14"],
+        # the batch job on a Ray cluster (llm2vec_fast.integrations.ray)
+        "ray": ["ray[data]>=2.9", "pyarrow>=14"],
         "test": test_requires,
         "dev": [*test_requires, "ruff"],
     },
