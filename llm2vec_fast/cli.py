@@ -328,9 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         TypeError,
         FileNotFoundError,
-    ) as e:  # CheckpointError is a ValueError
+    ) as e:  # CheckpointError and batch_job.JobError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C; the batch job's manifest stays consistent
+        print("aborted; rerun the same command to continue a batch job", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
