@@ -21,6 +21,7 @@ a bug we do the sensible thing instead, and say so (README, "Differences from ll
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -43,6 +44,13 @@ from llm2vec_fast.loading import (
     load_hf_config,
     read_json,
     read_state_dict,
+)
+from llm2vec_fast.multi_device import (
+    check_devices,
+    close_pools,
+    default_devices,
+    load_fingerprint,
+    run_on_devices,
 )
 from llm2vec_fast.packing import PackedBatch, pack_token_ids
 
@@ -237,7 +245,20 @@ class LLM2Vec(nn.Module):
 
         tokenizer = _load_tokenizer(base_dir, base_weights_path)
         enc = cls(model=model, tokenizer=tokenizer, name_or_path=name_or_path, **config)
-        return enc.to(_check_device(device or _default_device()))
+        enc = enc.to(_check_device(device or _default_device()))
+        # what a worker process needs to load the same model (encode on several devices)
+        enc._load_args = {
+            "base_model_name_or_path": _abspath(base_model_name_or_path),
+            "peft_model_name_or_path": [_abspath(a) for a in adapters] or None,
+            "merge_peft": merge_peft,
+            "enable_bidirectional": enable_bidirectional,
+            "base_weights_path": _abspath(base_weights_path),
+            "torch_dtype": dtype,
+            "attn_implementation": attn_implementation,
+            **config,
+        }
+        enc._load_fingerprint = load_fingerprint(enc)
+        return enc
 
     # ------------------------------------------------------------------ text preparation
 
@@ -360,7 +381,7 @@ class LLM2Vec(nn.Module):
         show_progress_bar: bool = True,
         convert_to_numpy: bool = False,
         convert_to_tensor: bool = False,
-        device: str | torch.device | None = None,
+        device: str | torch.device | Sequence[str | torch.device] | None = None,
         *,
         normalize_embeddings: bool = False,
         max_tokens_per_batch: int | None = None,
@@ -377,7 +398,13 @@ class LLM2Vec(nn.Module):
                 padding); default ``batch_size * max_length``. A text is never split.
             normalize_embeddings: L2-normalise each embedding.
             convert_to_numpy: return a numpy array; else a torch tensor (on the CPU).
-            device: run on this device (default: where the model is).
+            device: run on this device (default: where the model is), or on a list of
+                devices (``["cuda:0", "cuda:1"]``; an entry may repeat, ``["cpu", "cpu"]``):
+                one worker process per device loads the model from the paths it was loaded
+                from and takes batches as it frees up; results come back in input order. With
+                no device and the model on a GPU, every visible GPU is used when there are
+                several (:mod:`llm2vec_fast.multi_device`). The workers stay up for later calls;
+                :meth:`close_device_pool` ends them.
             output_value: ``"sentence_embedding"`` (pooled) or ``"token_embeddings"``: each
                 text's last hidden states over its pooled tokens (the instruction's tokens
                 excluded when ``skip_instruction``), the representation the paper's word-level
@@ -407,7 +434,14 @@ class LLM2Vec(nn.Module):
             )
         if convert_to_tensor:
             convert_to_numpy = False
-        if device is not None:
+        devices = None
+        if isinstance(device, (list, tuple)):
+            devices = check_devices(device)
+            if len(devices) == 1:
+                device, devices = devices[0], None
+        elif device is None:
+            devices = default_devices(self)
+        if device is not None and devices is None:
             self.to(_check_device(device))
         self.eval()
 
@@ -419,16 +453,18 @@ class LLM2Vec(nn.Module):
             max_tokens_per_batch=max_tokens_per_batch,
             max_batch_size=batch_size,
         )
+        if devices is None:
+            run = self._encode_batches
+        else:
+            run = functools.partial(run_on_devices, self, devices)
         if tokens_out:
             per_text: list = [None] * len(pairs)
-            for batch, token_embs in self._encode_batches(
-                batches, show_progress_bar, token_level=True
-            ):
+            for batch, token_embs in run(batches, show_progress_bar, token_level=True):
                 for i, e in zip(batch.indices.tolist(), token_embs):
                     per_text[i] = e.numpy() if convert_to_numpy else e
             return per_text[0] if single else per_text
         out = torch.empty(len(pairs), self.model.config.hidden_size, dtype=torch.float32)
-        for batch, emb in self._encode_batches(batches, show_progress_bar):
+        for batch, emb in run(batches, show_progress_bar):
             out[torch.from_numpy(batch.indices)] = emb
         if normalize_embeddings:
             out = F.normalize(out, p=2, dim=1)
@@ -477,6 +513,11 @@ class LLM2Vec(nn.Module):
     def _pool_to_cpu(self, hidden: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
         return emb.float().cpu()
+
+    def close_device_pool(self) -> None:
+        """End the worker processes that ``encode`` on several devices started (and free the
+        memory they hold). A later multi-device ``encode`` starts new ones."""
+        close_pools(self.__dict__.get("_device_pools", {}))
 
     # ------------------------------------------------------------------ internals
 
@@ -539,6 +580,10 @@ class LLM2Vec(nn.Module):
         if save_config:
             with open(out / LLM2VEC_CONFIG, "w", encoding="utf-8") as f:
                 json.dump({k: getattr(self, k) for k in ENCODER_ARGS}, f, indent=4)
+
+
+def _abspath(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def _is_peft(model) -> bool:

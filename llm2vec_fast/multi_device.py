@@ -1,0 +1,324 @@
+"""Encode on several devices at once: one worker process per device.
+
+``LLM2Vec.encode(..., device=["cuda:0", "cuda:1"])`` (and, by default, every visible GPU when
+there are several) runs here. The official llm2vec pickles the model into a process pool and
+crashes (its issues #121 and #52); here each worker is a fresh process (``spawn``) that loads
+the model itself, from the paths ``LLM2Vec.from_pretrained`` was given.
+
+Division of labour:
+
+- The parent tokenizes and packs the texts into token-budget batches (the same batches a
+  single device would run), puts them on one shared queue, and shows the one progress bar.
+- Each worker takes the next batch from the queue as soon as it is free (a faster device takes
+  more batches), runs the model and pooling, and sends the result back with the batch's input
+  positions; the parent writes results into place, so the output is in input order.
+- The workers stay alive between ``encode`` calls (a pool per device list, kept on the
+  encoder), so the model is loaded once per device, not once per call.
+  ``LLM2Vec.close_device_pool()`` ends them; they also end with the parent process.
+
+A worker rebuilds the model from its paths, so the parent's weights must still be the loaded
+ones: a model whose weights were changed in place after loading (training, a dtype change) is
+refused with a clear error for an explicit device list, and the default falls back to one
+device. Scripts that encode on several devices need the usual ``if __name__ == "__main__":``
+guard (``spawn`` re-imports the main module).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import traceback
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from llm2vec_fast.encoder import LLM2Vec
+    from llm2vec_fast.packing import PackedBatch
+
+__all__ = ["DevicePool", "default_devices", "load_fingerprint", "run_on_devices"]
+
+# How long the parent waits on the result queue before checking that every worker is alive.
+_POLL_S = 1.0
+# How long a worker may take to load the model before the parent gives up.
+_START_TIMEOUT_S = 900.0
+
+
+def load_fingerprint(encoder: torch.nn.Module) -> tuple:
+    """What identifies the encoder's weights as the loaded ones: each parameter's name, object,
+    dtype and in-place version counter (bumped by every in-place write: optimiser steps,
+    ``load_state_dict``, ``copy_``). Moving the model to another device keeps it."""
+    return tuple((name, id(p), p.dtype, p._version) for name, p in encoder.model.named_parameters())
+
+
+def _rebuild_problem(encoder: LLM2Vec) -> str | None:
+    """Why worker processes cannot rebuild ``encoder`` from its paths (None when they can)."""
+    if getattr(encoder, "_load_args", None) is None:
+        return (
+            "the model was not loaded with LLM2Vec.from_pretrained, so a worker process cannot "
+            "load it again; save() it and load it with LLM2Vec.from_pretrained"
+        )
+    if load_fingerprint(encoder) != encoder._load_fingerprint:
+        return (
+            "the model's weights (or their dtype) changed after LLM2Vec.from_pretrained, and "
+            "each worker process loads the model from its paths, so it would compute different "
+            "embeddings; save() the model and load it again, or encode on one device"
+        )
+    return None
+
+
+def default_devices(encoder: LLM2Vec) -> list[str] | None:
+    """The devices ``encode(device=None)`` runs on when that is more than one: every visible GPU,
+    when the model lives on a GPU, there are several, and workers can rebuild the model.
+    None means: the model's own device, in this process."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    if encoder._device().type != "cuda" or _rebuild_problem(encoder) is not None:
+        return None
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def check_devices(devices: Sequence) -> list[str]:
+    """Validate a device list; return the devices as strings (``"cuda:1"``, ``"cpu"``)."""
+    from llm2vec_fast.encoder import _check_device
+
+    if len(devices) == 0:
+        raise ValueError("device=[] names no device; give one or more, e.g. ['cuda:0', 'cuda:1']")
+    out = []
+    for d in devices:
+        dev = _check_device(d)
+        if dev.type == "cuda":
+            index = torch.cuda.current_device() if dev.index is None else dev.index
+            if index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device {d!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+                )
+            dev = torch.device("cuda", index)
+        out.append(str(dev))
+    return out
+
+
+def _worker(
+    rank: int,
+    device: str,
+    load_args: dict,
+    n_threads: int,
+    in_q,
+    out_q,
+) -> None:
+    """One worker: load the model on ``device``, then run batches from ``in_q`` until None."""
+    try:
+        if n_threads > 0:
+            torch.set_num_threads(n_threads)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        from llm2vec_fast.encoder import LLM2Vec
+
+        model = LLM2Vec.from_pretrained(**load_args, device=device)
+        model.eval()
+    except BaseException:
+        out_q.put(("error", rank, None, traceback.format_exc()))
+        return
+    out_q.put(("ready", rank, None, os.getpid()))
+    while True:
+        item = in_q.get()
+        if item is None:
+            return
+        job, batch_no, batch, settings = item
+        try:
+            model.pooling_mode = settings["pooling_mode"]
+            model.skip_instruction = settings["skip_instruction"]
+            token_level = settings["token_level"]
+            ((_, result),) = model._encode_batches([batch], False, token_level=token_level)
+            if token_level:
+                payload: Any = [e.numpy() for e in result]
+            else:
+                payload = result.numpy()
+            out_q.put(("done", rank, job, (batch_no, payload)))
+        except BaseException:
+            out_q.put(("error", rank, job, traceback.format_exc()))
+            return
+
+
+class DevicePool:
+    """Worker processes, one per device, each holding its own copy of the model.
+
+    Args:
+        load_args: the keyword arguments of ``LLM2Vec.from_pretrained`` (without ``device``).
+        devices: one worker per entry (``"cuda:0"``, ``"cpu"``; an entry may repeat).
+    """
+
+    def __init__(self, load_args: dict, devices: Sequence[str]):
+        self.devices = list(devices)
+        self._ctx = torch.multiprocessing.get_context("spawn")
+        self._in_q = self._ctx.Queue()
+        self._out_q = self._ctx.Queue()
+        self._job = 0
+        n_cpu = sum(d == "cpu" for d in self.devices)
+        threads = max(1, (os.cpu_count() or 1) // n_cpu) if n_cpu else 0
+        self._procs = []
+        for rank, device in enumerate(self.devices):
+            p = self._ctx.Process(
+                target=_worker,
+                args=(rank, device, load_args, threads if device == "cpu" else 0),
+                kwargs={"in_q": self._in_q, "out_q": self._out_q},
+                daemon=True,
+                name=f"llm2vec-fast-{device}-{rank}",
+            )
+            p.start()
+            self._procs.append(p)
+        self.pids: list[int] = [0] * len(self.devices)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._procs) and all(p.is_alive() for p in self._procs)
+
+    def _get(self, timeout: float):
+        """The next message from a worker; raises when a worker died or reported an error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self._out_q.get(timeout=_POLL_S)
+            except queue.Empty:
+                dead = [
+                    (self.devices[i], p.exitcode)
+                    for i, p in enumerate(self._procs)
+                    if not p.is_alive()
+                ]
+                if dead:
+                    raise RuntimeError(
+                        "encode worker process(es) died without a reply: "
+                        + ", ".join(f"{d} (exit code {c})" for d, c in dead)
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"no reply from the encode workers in {timeout:.0f} s"
+                    ) from None
+                continue
+            if msg[0] == "error":
+                _, rank, _, tb = msg
+                raise RuntimeError(f"encode worker on {self.devices[rank]} failed:\n{tb}")
+            return msg
+
+    def _wait_ready(self) -> None:
+        for _ in self._procs:
+            _, rank, _, pid = self._get(_START_TIMEOUT_S)
+            self.pids[rank] = pid
+
+    def run(
+        self,
+        batches: list[PackedBatch],
+        settings: dict,
+        show_progress_bar: bool,
+    ) -> Iterator[tuple[PackedBatch, Any]]:
+        """Run ``batches`` on the workers; yield ``(batch, result)`` as results arrive (any
+        order): float32 CPU ``[b, hidden]`` tensors, or with ``settings["token_level"]`` lists
+        of float32 CPU ``[n_pooled_i, hidden]`` tensors. Any failure closes the pool."""
+        from tqdm.auto import tqdm
+
+        self._job += 1
+        job = self._job
+        bar = tqdm(
+            total=sum(b.n_texts for b in batches),
+            unit="text",
+            desc=f"Encoding ({len(self.devices)} devices)",
+            disable=not show_progress_bar,
+        )
+        tokens, start = 0, time.perf_counter()
+        try:
+            for batch_no, batch in enumerate(batches):
+                self._in_q.put((job, batch_no, batch, settings))
+            for _ in range(len(batches)):
+                _, _, msg_job, (batch_no, payload) = self._get(float("inf"))
+                if msg_job != job:  # cannot happen: a failed job closes the pool
+                    raise RuntimeError("encode workers answered for another call")
+                batch = batches[batch_no]
+                if settings["token_level"]:
+                    result: Any = [torch.from_numpy(e) for e in payload]
+                else:
+                    result = torch.from_numpy(payload)
+                yield batch, result
+                tokens += batch.n_tokens
+                bar.update(batch.n_texts)
+                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            bar.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers (politely, then by force) and free their devices."""
+        procs, self._procs = self._procs, []
+        for p in procs:
+            if p.is_alive():
+                try:
+                    self._in_q.put(None)
+                except (OSError, ValueError):
+                    break
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5.0)
+        for q in (self._in_q, self._out_q):
+            q.cancel_join_thread()
+            q.close()
+
+
+def _pools(encoder: LLM2Vec) -> dict[tuple[str, ...], DevicePool]:
+    pools = encoder.__dict__.get("_device_pools")
+    if pools is None:
+        pools = {}
+        encoder.__dict__["_device_pools"] = pools
+        weakref.finalize(encoder, close_pools, pools)
+    return pools
+
+
+def close_pools(pools: dict) -> None:
+    """Close every pool in ``pools`` (an encoder's ``_device_pools``) and forget them."""
+    while pools:
+        _, pool = pools.popitem()
+        pool.close()
+
+
+def run_on_devices(
+    encoder: LLM2Vec,
+    devices: Sequence[str],
+    batches: list[PackedBatch],
+    show_progress_bar: bool,
+    token_level: bool = False,
+) -> Iterator[tuple[PackedBatch, Any]]:
+    """``encoder._encode_batches`` over worker processes, one per device (see module doc)."""
+    problem = _rebuild_problem(encoder)
+    if problem is not None:
+        raise ValueError(f"cannot encode on several devices {list(devices)}: {problem}")
+    if not batches:
+        return
+    pools = _pools(encoder)
+    key = tuple(devices)
+    pool = pools.get(key)
+    if pool is None or not pool.alive:
+        if pool is not None:
+            pool.close()
+        pool = pools[key] = DevicePool(encoder._load_args, devices)
+    settings = {
+        "pooling_mode": encoder.pooling_mode,
+        "skip_instruction": encoder.skip_instruction,
+        "token_level": token_level,
+    }
+    try:
+        yield from pool.run(batches, settings, show_progress_bar)
+    except BaseException:
+        pools.pop(key, None)
+        raise

@@ -1,0 +1,136 @@
+"""``encode(device=[...])``: one worker process per device, each loading the model itself.
+
+CI has no GPU, so the workers run on the CPU (``device=["cpu", "cpu"]``: two processes). Starting
+them costs a few seconds (each imports torch and loads the model), so one module-scoped pool
+serves most tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from llm2vec_fast import LLM2Vec
+from llm2vec_fast import multi_device as md
+from llm2vec_fast.testing import make_tiny_checkpoint
+
+TEXTS = [f"text number {i} " + "word " * (i % 13) for i in range(40)]
+TEXTS += [["Retrieve a passage about cats", "cats eat meat"], "", "x"]
+DEVICES = ["cpu", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=21)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    m = LLM2Vec.from_pretrained(ckpt, device="cpu", max_length=24)
+    yield m
+    m.close_device_pool()
+
+
+def test_two_cpu_workers_equal_one_device(model):
+    single = model.encode(TEXTS, batch_size=4, show_progress_bar=False)
+    multi = model.encode(TEXTS, batch_size=4, device=DEVICES, show_progress_bar=False)
+    assert multi.shape == single.shape
+    assert_close(multi, single, atol=1e-6, rtol=1e-6)
+
+    (pool,) = model._device_pools.values()
+    assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
+
+    # token embeddings, normalisation, numpy output, a single string: same as one device
+    tok_1 = model.encode(TEXTS, output_value="token_embeddings", show_progress_bar=False)
+    tok_n = model.encode(
+        TEXTS, output_value="token_embeddings", device=DEVICES, show_progress_bar=False
+    )
+    assert len(tok_n) == len(tok_1)
+    for a, b in zip(tok_n, tok_1):
+        assert_close(a, b, atol=1e-6, rtol=1e-6)
+    norm = model.encode(
+        TEXTS[:7],
+        device=DEVICES,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+        max_tokens_per_batch=20,
+    )
+    expected = model.encode(TEXTS[:7], normalize_embeddings=True, show_progress_bar=False)
+    assert_close(torch.from_numpy(norm), expected, atol=1e-6, rtol=1e-6)
+    one = model.encode("alpha beta", device=DEVICES, show_progress_bar=False)
+    assert_close(one, model.encode("alpha beta", show_progress_bar=False), atol=1e-6, rtol=1e-6)
+
+    # the pool is kept between calls (same worker processes), and settings follow the encoder
+    assert model._device_pools[tuple(DEVICES)] is pool and pool.alive
+    model.pooling_mode = "weighted_mean"
+    try:
+        got = model.encode(TEXTS, device=DEVICES, show_progress_bar=False)
+        assert_close(got, model.encode(TEXTS, show_progress_bar=False), atol=1e-6, rtol=1e-6)
+    finally:
+        model.pooling_mode = "mean"
+    assert model._device_pools[tuple(DEVICES)] is pool
+
+    model.close_device_pool()
+    assert not model._device_pools and not pool.alive
+
+
+def test_one_device_in_a_list_runs_in_process(model, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("no worker process for a single device")
+
+    monkeypatch.setattr(md, "DevicePool", fail)
+    out = model.encode(TEXTS[:5], device=["cpu"], show_progress_bar=False)
+    assert_close(out, model.encode(TEXTS[:5], show_progress_bar=False))
+
+
+def test_refused_when_workers_cannot_rebuild_the_model(ckpt):
+    m = LLM2Vec.from_pretrained(ckpt, device="cpu")
+    with torch.no_grad():  # weights changed in place after loading (as training does)
+        m.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="weights .* changed after LLM2Vec.from_pretrained"):
+        m.encode(["a"], device=DEVICES)
+    m2 = LLM2Vec.from_pretrained(ckpt, device="cpu").to(torch.bfloat16)
+    with pytest.raises(ValueError, match="changed after"):
+        m2.encode(["a"], device=DEVICES)
+    direct = LLM2Vec(m.model, m.tokenizer)
+    with pytest.raises(ValueError, match="not loaded with LLM2Vec.from_pretrained"):
+        direct.encode(["a"], device=DEVICES)
+
+
+def test_bad_device_lists(model):
+    with pytest.raises(ValueError, match="names no device"):
+        model.encode(["a"], device=[])
+    with pytest.raises(ValueError, match="invalid device"):
+        model.encode(["a"], device=["cpu", "tpu:9"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            model.encode(["a"], device=["cuda:0", "cuda:1"])
+
+
+def test_default_uses_every_gpu_only_when_it_can(model, monkeypatch):
+    assert md.default_devices(model) is None  # model on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert md.default_devices(model) is None  # still on the CPU
+    monkeypatch.setattr(model, "_device", lambda: torch.device("cuda", 0))
+    assert md.default_devices(model) == ["cuda:0", "cuda:1", "cuda:2"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert md.default_devices(model) is None  # one GPU: in process
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(model, "_load_fingerprint", ())
+    assert md.default_devices(model) is None  # weights changed: in process
+
+
+def test_worker_failure_is_reported(ckpt, tmp_path):
+    """A worker that cannot load the model reports its error; no process is left behind."""
+    copy = shutil.copytree(ckpt, tmp_path / "copy")
+    m = LLM2Vec.from_pretrained(copy, device="cpu")
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(RuntimeError, match="encode worker on cpu failed"):
+        m.encode(["a", "b"], device=DEVICES, show_progress_bar=False)
+    assert not m.__dict__.get("_device_pools")
