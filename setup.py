@@ -85,6 +85,10 @@ setup(
     ],
     extras_require={
         "gpu": ["triton>=3.1"],
+        # integrations (llm2vec_fast.integrations), tested with mteb 2.26 and
+        # sentence-transformers 6.2; mteb brings sentence-transformers with it
+        "mteb": ["mteb>=2.26"],
+        "st": ["sentence-transformers>=6.0"],
         # Parquet input and output of the batch job (llm2vec-fast embed)
         "parquet": ["pyarrow>=14"],
         # the batch job on a Ray cluster (llm2vec_fast.integrations.ray)
