@@ -356,21 +356,34 @@ class LLM2Vec(nn.Module):
 
         The batch is unpadded and run packed; padding is never computed.
         """
-        input_ids = sentence_feature["input_ids"]
-        attention = sentence_feature["attention_mask"].bool()
-        if self.skip_instruction and "embed_mask" in sentence_feature:
-            pool = sentence_feature["embed_mask"].bool() & attention
+        t = self._unpad(sentence_feature)
+        hidden = self._run_model(
+            t["input_ids"], t["cu_seqlens"], t["position_ids"], t["max_seqlen"]
+        )
+        return self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
+
+    def _unpad(self, features: dict[str, torch.Tensor]) -> dict:
+        """A padded batch from :meth:`tokenize` as a packed one on the model's device:
+        ``input_ids`` int64 ``[total]``, ``cu_seqlens`` int32 ``[B + 1]``, ``position_ids``
+        int64 ``[total]``, ``pool_mask`` bool ``[total]`` (the pooled tokens: ``embed_mask``
+        when ``skip_instruction``, else every token) and ``max_seqlen``."""
+        input_ids = features["input_ids"]
+        attention = features["attention_mask"].bool()
+        if self.skip_instruction and "embed_mask" in features:
+            pool = features["embed_mask"].bool() & attention
         else:
             pool = attention
         lengths = attention.sum(1)
         device = self._device()
-        flat_ids = input_ids[attention].to(device)
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(lengths, 0)
-        positions = torch.cat([torch.arange(int(n)) for n in lengths]).to(device)
-        hidden = self._run_model(flat_ids, cu.to(device), positions, int(lengths.max()))
-        pool_mask = pool[attention].to(device)
-        return self._pool(hidden, cu.to(device), pool_mask, flat_ids)
+        return {
+            "input_ids": input_ids[attention].to(device),
+            "cu_seqlens": cu.to(device),
+            "position_ids": torch.cat([torch.arange(int(n)) for n in lengths]).to(device),
+            "pool_mask": pool[attention].to(device),
+            "max_seqlen": int(lengths.max()),
+        }
 
     # ------------------------------------------------------------------ encode
 
