@@ -19,14 +19,15 @@ Division of labour:
 A worker rebuilds the model from its paths, so the parent's weights must still be the loaded
 ones: a model whose weights were changed in place after loading (training, a dtype change) is
 refused with a clear error for an explicit device list, and the default falls back to one
-device. Scripts that encode on several devices need the usual ``if __name__ == "__main__":``
-guard (``spawn`` re-imports the main module).
+device. The workers do not re-run the parent's main script (as ``spawn`` otherwise does), so a
+script needs no ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import time
 import traceback
 import weakref
@@ -143,6 +144,33 @@ def _worker(
             return
 
 
+def _start_without_main(process) -> None:
+    """Start a ``spawn`` process that does not re-run the parent's ``__main__`` script.
+
+    ``spawn`` normally re-imports the main script in every child, so a script without an
+    ``if __name__ == "__main__":`` guard runs again there, encodes again and tries to start
+    processes while bootstrapping, and the child dies (the official llm2vec's issue #121). Our
+    worker needs nothing from ``__main__`` (its target and arguments are llm2vec-fast's own), so
+    the main module's ``__file__`` and ``__spec__`` are hidden while the child's start-up data
+    is taken, as for an interactive session."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        process.start()
+        return
+    missing = object()
+    saved = {k: main.__dict__.get(k, missing) for k in ("__file__", "__spec__")}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        process.start()
+    finally:
+        for k, v in saved.items():
+            if v is missing:
+                main.__dict__.pop(k, None)
+            else:
+                main.__dict__[k] = v
+
+
 class DevicePool:
     """Worker processes, one per device, each holding its own copy of the model.
 
@@ -168,7 +196,7 @@ class DevicePool:
                 daemon=True,
                 name=f"llm2vec-fast-{device}-{rank}",
             )
-            p.start()
+            _start_without_main(p)
             self._procs.append(p)
         self.pids: list[int] = [0] * len(self.devices)
         try:

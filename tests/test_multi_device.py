@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -134,3 +136,27 @@ def test_worker_failure_is_reported(ckpt, tmp_path):
     with pytest.raises(RuntimeError, match="encode worker on cpu failed"):
         m.encode(["a", "b"], device=DEVICES, show_progress_bar=False)
     assert not m.__dict__.get("_device_pools")
+
+
+SCRIPT = """\
+import sys
+from llm2vec_fast import LLM2Vec
+model = LLM2Vec.from_pretrained(sys.argv[1], device="cpu")
+texts = [f"text {i} " + "w " * i for i in range(12)]
+multi = model.encode(texts, device=["cpu", "cpu"], batch_size=3, show_progress_bar=False)
+single = model.encode(texts, batch_size=3, show_progress_bar=False)
+print("MAXDIFF", float((multi - single).abs().max()))
+"""
+
+
+def test_script_without_main_guard(ckpt, tmp_path):
+    """A plain script (no ``if __name__ == "__main__":``) encodes on several devices: the workers
+    do not re-run it (with spawn's default they would, and die bootstrapping: llm2vec #121)."""
+    script = tmp_path / "plain_script.py"
+    script.write_text(SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(ckpt)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (line,) = [x for x in run.stdout.splitlines() if x.startswith("MAXDIFF")]
+    assert float(line.split()[1]) <= 1e-6
