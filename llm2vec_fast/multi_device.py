@@ -12,6 +12,9 @@ Division of labour:
 - Each worker takes the next batch from the queue as soon as it is free (a faster device takes
   more batches), runs the model and pooling, and sends the result back with the batch's input
   positions; the parent writes results into place, so the output is in input order.
+- The calling process's own model stays where it is, idle: the device it lives on holds that
+  copy as well as its worker's (where memory is tight, move it to the CPU and name the
+  devices).
 - The workers stay alive between ``encode`` calls (a pool per device list, kept on the
   encoder), so the model is loaded once per device, not once per call.
   ``LLM2Vec.close_device_pool()`` ends them; they also end with the parent process.
