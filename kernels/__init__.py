@@ -43,6 +43,7 @@ def varlen_attention(
     max_seqlen: int | None = None,
     causal: bool = False,
     softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Attention inside each packed text: q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` -> ``[T, Hq, D]``.
 
@@ -51,8 +52,13 @@ def varlen_attention(
 
     float16/bfloat16 CUDA tensors (and any dtype under ``TRITON_INTERPRET=1``) run the Triton
     flash kernel (:mod:`llm2vec_fast.kernels.flash_varlen`); float32 on CUDA and CPU tensors run
-    torch SDPA once per text.
+    torch SDPA once per text. ``dropout_p > 0`` (attention-probability dropout, SimCSE training)
+    runs torch SDPA too: the flash kernel has no dropout yet.
     """
+    if dropout_p > 0.0:
+        return varlen_attention_sdpa(
+            q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p
+        )
     if use_triton(q, k, v) and (INTERPRET or q.dtype != torch.float32):
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())

@@ -51,10 +51,13 @@ def varlen_attention_ref(
     max_seqlen: int | None = None,
     causal: bool = False,
     softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Eager reference: per text, ``softmax(q k^T * scale) v`` computed in float32.
 
-    Returns ``[total_tokens, Hq, D]`` in q's dtype. In float32 this is HF's eager attention.
+    ``dropout_p`` drops attention probabilities (and rescales the rest), as HF's eager
+    attention does in training mode. Returns ``[total_tokens, Hq, D]`` in q's dtype. In float32
+    this is HF's eager attention.
     """
     check_qkv(q, k, v, cu_seqlens)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
@@ -70,6 +73,8 @@ def varlen_attention_ref(
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
+        if dropout_p > 0.0:
+            probs = F.dropout(probs, p=dropout_p)
         out[s:e] = torch.matmul(probs, vs).transpose(0, 1).to(q.dtype)
     return out
 
@@ -82,8 +87,10 @@ def varlen_attention_sdpa(
     max_seqlen: int | None = None,
     causal: bool = False,
     softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """torch SDPA once per text (no padding, no mask tensor). Shapes as :func:`varlen_attention_ref`.
+    """torch SDPA once per text (no padding, no mask tensor). Shapes as :func:`varlen_attention_ref`;
+    ``dropout_p`` is SDPA's dropout on the attention probabilities.
 
     Texts of equal length are stacked into one SDPA call, so a length-sorted packed batch costs
     one call per distinct length rather than one per text.
@@ -102,7 +109,13 @@ def varlen_attention_sdpa(
         ks = k[idx].transpose(1, 2)
         vs = v[idx].transpose(1, 2)
         o = F.scaled_dot_product_attention(
-            qs, ks, vs, is_causal=causal, scale=softmax_scale, enable_gqa=groups > 1
+            qs,
+            ks,
+            vs,
+            is_causal=causal,
+            scale=softmax_scale,
+            enable_gqa=groups > 1,
+            dropout_p=dropout_p,
         )
         out[idx] = o.transpose(1, 2)
     # zero-length texts own no rows; every other row was written above

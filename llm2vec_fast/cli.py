@@ -316,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     from llm2vec_fast.evaluation import add_eval_parser  # the `eval` subcommand
 
     add_eval_parser(sub)
+
+    from llm2vec_fast.training.cli import add_train_parser  # torch-free until it runs
+
+    add_train_parser(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from llm2vec_fast.kernels import (
@@ -135,7 +136,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl):
+    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl, dropout_p=0.0):
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
@@ -144,13 +145,15 @@ class Attention(nn.Module):
             impl == "triton"
         ):  # cos/sin computed in the kernel from (position_ids, inv_freq, scaling)
             q, k = apply_rope(q, k, *rope)
-            o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=causal)
+            o = varlen_attention(
+                q, k, v, cu_seqlens, max_seqlen, causal=causal, dropout_p=dropout_p
+            )
         else:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             attn = varlen_attention_ref if impl == "eager" else varlen_attention_sdpa
-            o = attn(q, k, v, cu_seqlens, max_seqlen, causal=causal)
+            o = attn(q, k, v, cu_seqlens, max_seqlen, causal=causal, dropout_p=dropout_p)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -184,9 +187,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl):
+    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl, dropout_p=0.0):
         h = self.input_layernorm(x, impl)
-        x = x + self.self_attn(h, rope, cu_seqlens, max_seqlen, causal, impl)
+        x = x + self.self_attn(h, rope, cu_seqlens, max_seqlen, causal, impl, dropout_p)
         return x + self.mlp(self.post_attention_layernorm(x, impl), impl)
 
 
@@ -206,6 +209,11 @@ class EncoderModel(nn.Module):
     softmax, the test reference) or ``"triton"`` (our kernels for RMSNorm, RoPE, the gated
     activation and varlen attention on CUDA tensors, or under ``TRITON_INTERPRET=1``; the PyTorch
     references elsewhere). ``causal=False`` is LLM2Vec's bidirectional mode.
+
+    Training: ``attention_dropout`` (from the HF config, or set it) drops attention probabilities
+    in training mode, as HF's attention does (SimCSE uses 0.3); ``gradient_checkpointing``
+    recomputes each layer in the backward pass instead of keeping its activations (the dropout
+    masks are replayed from the saved RNG state).
     """
 
     def __init__(self, hf_config, attn_implementation: str = "sdpa", causal: bool = False):
@@ -222,6 +230,8 @@ class EncoderModel(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention_scaling = scaling
         self.embed_scale = cfg.hidden_size**0.5 if cfg.family == "gemma" else None
+        self.attention_dropout = float(getattr(hf_config, "attention_dropout", 0.0) or 0.0)
+        self.gradient_checkpointing = False
 
     @property
     def attn_implementation(self) -> str:
@@ -260,6 +270,12 @@ class EncoderModel(nn.Module):
             rope = (position_ids, self.inv_freq, self.attention_scaling)
         else:
             rope = self.rope(position_ids, x.dtype)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, rope, cu_seqlens, max_seqlen, self.causal, impl)
+            args = (x, rope, cu_seqlens, max_seqlen, self.causal, impl, dropout_p)
+            if checkpoint:
+                x = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         return self.norm(x, impl)

@@ -1,0 +1,607 @@
+"""The training loop for MNTP, SimCSE and supervised contrastive training.
+
+One loop serves the three objectives: packed, padding-free batches through our encoder (the
+Triton kernels with their backward passes on a GPU when ``attn_implementation="triton"``, the
+torch path otherwise), LoRA through PEFT on the encoder's own module names (so the adapter is
+what the official library saves and loads), AdamW over the LoRA weights, a linear / cosine /
+constant schedule with warmup, gradient accumulation, gradient clipping, bf16 autocast,
+gradient checkpointing, and data parallelism through accelerate (launch with ``torchrun`` or
+``accelerate launch``; every rank reads its own batches, contrastive losses gather embeddings
+across ranks).
+
+Checkpoints (``OUTPUT/checkpoint-STEP/``: the adapter, optimizer and scheduler state, the RNG
+states, the data position) are written every ``save_steps`` and at the end; ``resume=True``
+continues from the newest one, replaying the data order and the random streams, so the loss
+curve continues as if never stopped. Checkpoint tensors are saved with ``torch.save`` and read
+with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+
+The recipes follow the official llm2vec ``experiments/run_mntp.py``, ``run_simcse.py`` and
+``run_supervised.py`` with their ``train_configs``: see :class:`TrainConfig` for the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from llm2vec_fast.training.data import (
+    DataError,
+    Packed,
+    batches,
+    chunk_ids,
+    data_fingerprint,
+    iter_texts,
+    iter_triples,
+    mntp_mask,
+    pack,
+    resolve_mask_token,
+    special_token_ids,
+)
+from llm2vec_fast.training.losses import contrastive_loss, mntp_loss
+
+OBJECTIVES = ("mntp", "simcse", "supervised")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+# the official train_configs (Sheared-LLaMA, Llama-2, Llama-3: mntp / simcse / supervised)
+_DEFAULTS = {
+    "mntp": dict(max_seq_length=512, batch_size=32, learning_rate=5e-5, warmup_steps=0),
+    "simcse": dict(max_seq_length=128, batch_size=128, learning_rate=3e-5, warmup_steps=0),
+    "supervised": dict(max_seq_length=512, batch_size=64, learning_rate=2e-4, warmup_steps=300),
+}
+
+
+@dataclass
+class TrainConfig:
+    """A training run. ``None`` fields take the objective's official default (``_DEFAULTS``).
+
+    MNTP: ``mlm_probability`` 0.2 with 80/10/10 replacement (``all_mask``: every selected token
+    becomes the mask token; the official Mistral recipe is ``all_mask`` at 0.8), mask token
+    ``"_"``, LoRA r=16, alpha=32, dropout 0.05 on all projections. SimCSE: attention dropout
+    0.3, in-batch InfoNCE at scale 20, LoRA on the merged MNTP model (``peft=[mntp_dir]``).
+    Supervised: scale 50, instructions on queries only, 300 warmup steps.
+    """
+
+    objective: str
+    data: str
+    output: str
+    model: str | None = None
+    peft: list[str] = field(default_factory=list)
+    base_weights: str | None = None
+    text_column: str = "text"
+    max_seq_length: int | None = None
+    batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    warmup_steps: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    max_grad_norm: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int | None = None
+    lora_dropout: float = 0.05
+    lora_modules: list[str] = field(default_factory=lambda: list(LORA_MODULES))
+    mlm_probability: float = 0.2
+    all_mask: bool = False
+    mask_token: str = "_"
+    attention_dropout: float | None = None
+    loss_scale: float | None = None
+    pooling_mode: str = "mean"
+    bidirectional: bool = True
+    dtype: str = "float32"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    gradcache_chunk: int | None = None
+    attn_implementation: str = "sdpa"
+    device: str | None = None
+    seed: int = 42
+    shuffle_buffer: int = 10_000
+    save_steps: int | None = 200
+    logging_steps: int = 10
+    resume: bool = False
+    show_progress_bar: bool = True
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}")
+        for k, v in _DEFAULTS[self.objective].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        if self.attention_dropout is None:
+            self.attention_dropout = 0.3 if self.objective == "simcse" else 0.0
+        if self.loss_scale is None:
+            self.loss_scale = 20.0 if self.objective == "simcse" else 50.0
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown lr_scheduler {self.lr_scheduler!r}; use {SCHEDULERS}")
+        for name in ("batch_size", "max_seq_length", "gradient_accumulation_steps", "lora_r"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive; got {self.max_steps}")
+        if not 0.0 <= self.mlm_probability <= 1.0:
+            raise ValueError(f"mlm_probability must be in [0, 1]; got {self.mlm_probability}")
+        if self.objective == "simcse" and self.batch_size < 2:
+            raise ValueError("SimCSE needs at least 2 texts a batch (in-batch negatives)")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def _resolve_model_dir(config: TrainConfig) -> Path:
+    from llm2vec_fast.default_model import default_model_path
+    from llm2vec_fast.loading import gguf_to_safetensors
+
+    if config.model is None:
+        return default_model_path()
+    p = Path(config.model)
+    if p.suffix == ".gguf":
+        return gguf_to_safetensors(p)
+    if not p.exists():
+        raise DataError(f"model path {p} does not exist")
+    return p
+
+
+def lm_head_weight(model_dir: Path, encoder_model) -> torch.Tensor:
+    """The LM head for MNTP: ``lm_head.weight`` from the checkpoint, or the input embeddings
+    when they are tied (SmolLM2, Gemma)."""
+    from safetensors import safe_open
+
+    from llm2vec_fast.loading import weight_files
+
+    for f in weight_files(model_dir):
+        with safe_open(str(f), framework="pt") as fh:
+            if "lm_head.weight" in fh.keys():
+                w = fh.get_tensor("lm_head.weight")
+                emb = encoder_model.embed_tokens.weight
+                return w.to(device=emb.device, dtype=emb.dtype)
+    return encoder_model.embed_tokens.weight
+
+
+def build_model(config: TrainConfig):
+    """The LLM2Vec encoder (earlier adapters merged) with a fresh trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from llm2vec_fast.encoder import LLM2Vec
+
+    model_dir = _resolve_model_dir(config)
+    enc = LLM2Vec.from_pretrained(
+        str(model_dir),
+        peft_model_name_or_path=config.peft or None,
+        merge_peft=True,
+        base_weights_path=config.base_weights,
+        pooling_mode=config.pooling_mode,
+        max_length=config.max_seq_length,
+        torch_dtype=config.dtype,
+        device=config.device,
+        enable_bidirectional=config.bidirectional,
+        attn_implementation=config.attn_implementation,
+    )
+    base = enc.model
+    base.attention_dropout = float(config.attention_dropout)
+    base.gradient_checkpointing = bool(config.gradient_checkpointing)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        target_modules=list(config.lora_modules),
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        task_type=None,
+    )
+    enc.model = get_peft_model(base, lora)
+    head = lm_head_weight(model_dir, base) if config.objective == "mntp" else None
+    return enc, head
+
+
+# ---------------------------------------------------------------------------------- objectives
+
+
+class Objective:
+    """Turns a list of data items into packed batches and a loss."""
+
+    def __init__(self, enc, config: TrainConfig, head=None, generator=None):
+        self.enc, self.config, self.head, self.generator = enc, config, head, generator
+
+    def items(self):
+        return iter_texts(self.config.data, self.config.text_column)
+
+    def forward(self, packed: Packed) -> torch.Tensor:
+        return self.enc.model(
+            packed.input_ids, packed.cu_seqlens, packed.position_ids, packed.max_seqlen
+        )
+
+    def pooled(self, packed: Packed) -> torch.Tensor:
+        hidden = self.forward(packed)
+        return self.enc._pool(hidden, packed.cu_seqlens, packed.pool_mask, packed.input_ids)
+
+    def encode_texts(self, pairs: list[tuple[str, str]]) -> Packed:
+        """Pairs ``(instruction, text)`` -> a packed batch with the official joining, prompt
+        wrapping and pooled spans (as ``LLM2Vec.encode``), truncated to max_seq_length."""
+        ids, pool_lengths = self.enc._token_ids(self.enc._joined_strings(pairs))
+        return pack(ids, pool_lengths)
+
+
+class MNTP(Objective):
+    def __init__(self, enc, config, head, generator):
+        super().__init__(enc, config, head, generator)
+        tok = enc.tokenizer
+        self.mask_id = resolve_mask_token(tok, config.mask_token)
+        self.special = special_token_ids(tok)
+        self.vocab = len(tok)
+
+    def prepare(self, texts: list[str]) -> Packed:
+        tok = self.enc.tokenizer
+        ids = tok(texts, add_special_tokens=True)["input_ids"]
+        pieces = [c for x in ids for c in chunk_ids(x, self.config.max_seq_length)]
+        packed = pack(pieces)
+        packed.input_ids, packed.labels = mntp_mask(
+            packed.input_ids,
+            self.special,
+            probability=self.config.mlm_probability,
+            mask_token_id=self.mask_id,
+            vocab_size=self.vocab,
+            all_mask=self.config.all_mask,
+            generator=self.generator,
+        )
+        return packed
+
+    def loss(self, packed: Packed) -> torch.Tensor:
+        hidden = self.forward(packed)
+        loss, _ = mntp_loss(hidden, self.head, packed.labels, packed.cu_seqlens)
+        return loss
+
+
+class SimCSE(Objective):
+    def prepare(self, texts: list[str]) -> Packed:
+        # the batch twice in one packed forward: independent dropout masks for the two views
+        return self.encode_texts([("", t) for t in texts] * 2)
+
+    def loss(self, packed: Packed) -> torch.Tensor:
+        reps = self.pooled(packed)
+        n = reps.shape[0] // 2
+        return contrastive_loss(reps[:n], reps[n:], scale=self.config.loss_scale)
+
+    def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
+        n = reps.shape[0] // 2
+        return contrastive_loss(reps[:n], reps[n:], scale=self.config.loss_scale)
+
+
+class Supervised(Objective):
+    def items(self):
+        return iter_triples(self.config.data)
+
+    def prepare(self, triples) -> Packed:
+        # official E5 data: the query is "instruction; " + separator + query
+        queries = [(f"{t.instruction.strip()};" if t.instruction else "", t.query) for t in triples]
+        k = min(len(t.negatives) for t in triples)
+        self._n, self._k = len(triples), k
+        pairs = queries + [("", t.positive) for t in triples]
+        pairs += [("", t.negatives[j]) for j in range(k) for t in triples]
+        return self.encode_texts(pairs)
+
+    def loss(self, packed: Packed) -> torch.Tensor:
+        return self.loss_from_reps(self.pooled(packed))
+
+    def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
+        n, k = self._n, self._k
+        q, d = reps[:n], reps[n : 2 * n]
+        neg = reps[2 * n : (2 + k) * n] if k else None
+        return contrastive_loss(q, d, neg, scale=self.config.loss_scale)
+
+
+_OBJECTIVES = {"mntp": MNTP, "simcse": SimCSE, "supervised": Supervised}
+
+
+def _gradcache_loss(objective, packed_pairs, chunk: int, backward) -> torch.Tensor:
+    """GradCache (Gao et al., 2021): embed the batch without a graph in chunks of ``chunk``
+    texts, take the loss and its gradient with respect to the embeddings, then re-run each
+    chunk with a graph (same dropout, from the saved RNG state) and backpropagate that
+    gradient. Memory is one chunk's activations; the gradient equals the full batch's."""
+    pairs = packed_pairs
+    chunks = [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
+    states, reps = [], []
+    dev = objective.enc._device()
+    for c in chunks:
+        states.append(
+            (torch.get_rng_state(), torch.cuda.get_rng_state() if dev.type == "cuda" else None)
+        )
+        with torch.no_grad():
+            reps.append(objective.pooled(objective.encode_texts(c).to(dev)))
+    all_reps = torch.cat(reps).detach().requires_grad_(True)
+    loss = objective.loss_from_reps(all_reps)
+    loss.backward()
+    grads = all_reps.grad.split([r.shape[0] for r in reps])
+    for c, (cpu_state, cuda_state), g in zip(chunks, states, grads):
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)
+        r = objective.pooled(objective.encode_texts(c).to(dev))
+        backward((r * g.to(r.dtype)).sum())
+    return loss.detach()
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+def _latest_checkpoint(output: Path) -> Path | None:
+    cks = sorted(
+        (p for p in output.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    return cks[-1] if cks else None
+
+
+def _schedule(optimizer, name: str, warmup: int, total: int):
+    from transformers import get_scheduler
+
+    kind = {"constant": "constant_with_warmup"}.get(name, name)
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1))
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) a training run; returns a summary (steps, final loss, tokens/s, peak
+    memory, output directory). The trained adapter, ``llm2vec_config.json`` and the tokenizer
+    are written to ``config.output``; ``train_log.jsonl`` there holds the loss curve."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    output = Path(config.output)
+    accelerator = Accelerator(
+        mixed_precision="bf16" if config.bf16 else "no",
+        cpu=(config.device == "cpu"),
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if config.device is None:
+        config.device = str(accelerator.device)
+    torch.manual_seed(config.seed + rank)
+    enc, head = build_model(config)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    objective = _OBJECTIVES[config.objective](enc, config, head, generator)
+    model = enc.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    accum = config.gradient_accumulation_steps
+    if config.max_steps is not None:
+        total_steps = config.max_steps
+    else:
+        n_items = sum(1 for _ in objective.items())
+        if n_items == 0:
+            raise DataError(f"{config.data} holds no usable examples")
+        per_epoch = math.ceil(n_items / config.batch_size / world / accum)
+        total_steps = max(1, math.ceil(per_epoch * (config.epochs or 1.0)))
+    scheduler = _schedule(optimizer, config.lr_scheduler, config.warmup_steps, total_steps)
+
+    step, tokens_done, log_rows = 0, 0, []
+    ck = _latest_checkpoint(output) if config.resume else None
+    if config.resume and ck is None and output.exists() and any(output.iterdir()):
+        raise DataError(f"--resume: {output} holds no checkpoint-* directory to resume from")
+    if not config.resume and output.exists() and _latest_checkpoint(output) is not None:
+        raise DataError(
+            f"{output} already holds checkpoints; pass --resume to continue, or use a new "
+            "output directory"
+        )
+    if ck is not None:
+        step, tokens_done, log_rows = _load_checkpoint(
+            ck, config, model, optimizer, scheduler, generator
+        )
+    # the scheduler is stepped here once per optimizer step (accelerate's wrapper would step it
+    # once per process)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    enc.model = accelerator.unwrap_model(model)
+    objective.enc = enc
+    runner = _ModelRunner(model)
+    objective.forward = runner.bind(objective)
+
+    stream = batches(
+        objective.items,
+        config.batch_size,
+        seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer,
+        rank=rank,
+        world_size=world,
+        skip=step * accum,
+        drop_last=world > 1,
+    )
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    output.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (output / "train_config.json").write_text(json.dumps(config.to_json(), indent=1) + "\n")
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"train {config.objective}",
+        disable=not (config.show_progress_bar and accelerator.is_main_process),
+    )
+    t0, tokens_run, last_loss = time.perf_counter(), 0, float("nan")
+    while step < total_steps:
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(accum):
+            epoch, items = next(stream)
+            if config.gradcache_chunk and config.objective != "mntp":
+                pairs = _pairs_for(objective, items)
+                loss = _gradcache_loss(
+                    objective,
+                    pairs,
+                    config.gradcache_chunk,
+                    lambda t: accelerator.backward(t / accum),
+                )
+                step_tokens += _count_tokens(objective, pairs)
+            else:
+                packed = objective.prepare(items).to(device)
+                # gradients are all-reduced on the last micro-batch only
+                sync = micro == accum - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss = objective.loss(packed)
+                    accelerator.backward(loss / accum)
+                step_tokens += packed.n_tokens
+            step_loss += float(loss.detach()) / accum
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_run += step_tokens * world
+        tokens_done += step_tokens * world
+        last_loss = step_loss
+        elapsed = time.perf_counter() - t0
+        row = {
+            "step": step,
+            "epoch": epoch,
+            "loss": step_loss,
+            "lr": scheduler.get_last_lr()[0],
+            "tokens": tokens_done,
+        }
+        log_rows.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_run / max(elapsed, 1e-9):,.0f}")
+        if accelerator.is_main_process:
+            with open(output / "train_log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+            _save_checkpoint(
+                accelerator, output / f"checkpoint-{step}", enc, optimizer, scheduler, generator,
+                step, tokens_done, log_rows, config,
+            )  # fmt: skip
+    bar.close()
+    seconds = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_checkpoint(
+            accelerator, output / f"checkpoint-{step}", enc, optimizer, scheduler, generator,
+            step, tokens_done, log_rows, config,
+        )  # fmt: skip
+        enc.save(str(output))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {
+        "output": str(output),
+        "steps": step,
+        "final_loss": last_loss,
+        "losses": [r["loss"] for r in log_rows],
+        "tokens_this_run": tokens_run,
+        "seconds_this_run": seconds,
+        "tokens_per_second": tokens_run / max(seconds, 1e-9),
+        "peak_memory_bytes": peak,
+        "resumed_from": str(ck) if ck else None,
+    }
+
+
+class _ModelRunner:
+    """Calls the accelerate-prepared model (DDP-wrapped on several ranks, autocast with bf16)
+    for an objective's forward pass."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def bind(self, objective):
+        def forward(packed: Packed) -> torch.Tensor:
+            return self.model(
+                packed.input_ids, packed.cu_seqlens, packed.position_ids, packed.max_seqlen
+            )
+
+        return forward
+
+
+def _pairs_for(objective, items) -> list[tuple[str, str]]:
+    if isinstance(objective, SimCSE):
+        return [("", t) for t in items] * 2
+    triples = items
+    k = min(len(t.negatives) for t in triples)
+    objective._n, objective._k = len(triples), k
+    queries = [(f"{t.instruction.strip()};" if t.instruction else "", t.query) for t in triples]
+    pairs = queries + [("", t.positive) for t in triples]
+    return pairs + [("", t.negatives[j]) for j in range(k) for t in triples]
+
+
+def _count_tokens(objective, pairs) -> int:
+    ids, _ = objective.enc._token_ids(objective.enc._joined_strings(pairs))
+    return sum(len(x) for x in ids)
+
+
+def _rng_state(generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = s
+    return state
+
+
+def _save_checkpoint(accelerator, path: Path, enc, optimizer, scheduler, generator, step,
+                     tokens, log_rows, config) -> None:  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    enc.save(str(path))
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    torch.save(scheduler.state_dict(), path / "scheduler.pt")
+    torch.save(_rng_state(generator), path / "rng.pt")
+    state = {
+        "step": step,
+        "tokens": tokens,
+        "log": log_rows,
+        "config": config.to_json(),
+        "data": data_fingerprint(config.data),
+    }
+    tmp = path / "trainer_state.json.tmp"
+    tmp.write_text(json.dumps(state) + "\n")
+    os.replace(tmp, path / "trainer_state.json")
+
+
+_RESUME_KEYS = (
+    "objective", "model", "peft", "base_weights", "max_seq_length", "batch_size",
+    "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_steps", "max_steps",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_modules", "mlm_probability", "all_mask",
+    "mask_token", "attention_dropout", "loss_scale", "pooling_mode", "bidirectional", "seed",
+    "shuffle_buffer",
+)  # fmt: skip
+
+
+def _load_checkpoint(path: Path, config, model, optimizer, scheduler, generator):
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "trainer_state.json").read_text())
+    old = state["config"]
+    diffs = [k for k in _RESUME_KEYS if old.get(k) != getattr(config, k)]
+    if diffs:
+        raise DataError(
+            f"cannot resume from {path}: settings differ ({', '.join(diffs)}); use the same "
+            "settings, or a new output directory"
+        )
+    if state["data"] != data_fingerprint(config.data):
+        raise DataError(f"cannot resume from {path}: the training data changed")
+    adapter = load_file(str(path / "adapter_model.safetensors"))
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, adapter)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["generator"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    return state["step"], state["tokens"], state["log"]
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
