@@ -2,7 +2,7 @@
 
 Inputs, all streamed (memory stays bounded whatever the corpus size):
 
-- ``.txt``: one text a line; every line is a row, blank lines included (an empty text is then
+- ``.txt`` (also ``.text``, ``.cor`` and no suffix): one text a line; every line is a row, blank lines included (an empty text is then
   recorded as an error by the job, not silently dropped), so line ``i`` of a single file is row
   ``i``.
 - ``.jsonl``: one object a line with the text under ``text_column`` (default ``"text"``), and
@@ -39,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
+# plain text, one text a line: .txt, no suffix, .text, and .cor (gensim's corpora)
+TEXT_SUFFIXES = ("", ".txt", ".text", ".cor")
+INPUT_SUFFIXES = (".txt", ".text", ".cor", ".jsonl", ".csv", ".tsv", ".parquet")
 OUTPUT_FORMATS = ("npy", "parquet", "safetensors")
 PRECISIONS = ("float32", "float16", "int8", "binary")
 
@@ -105,7 +107,7 @@ def resolve_inputs(spec) -> list[Path]:
 
 def _suffix(path: Path) -> str:
     s = path.suffix.lower()
-    return ".txt" if s in ("", ".text") else s
+    return ".txt" if s in TEXT_SUFFIXES else s
 
 
 def iter_records(
