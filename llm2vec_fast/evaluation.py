@@ -470,6 +470,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--folds", type=int, default=10, help="offline: k of the k-fold classifier")
     e.add_argument("--bootstrap", type=int, default=1000, help="offline: bootstrap resamples")
     e.add_argument("--seed", type=int, default=0, help="offline: seed of folds and bootstrap")
+    e.add_argument("--causal", action="store_true", help="causal attention (the paper's baseline)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run_eval_command)
     return e
@@ -515,6 +516,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         torch_dtype=args.dtype,
         device=args.device,
+        enable_bidirectional=not args.causal,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     if mteb_module is None:
