@@ -336,3 +336,59 @@ def test_train_command_line(tiny, tmp_path, capsys):
            "--model", str(tiny / "model"), "--max-steps", "1", "-q"]  # fmt: skip
     assert cli_main(bad) == 2
     assert "supervised data must be .jsonl" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny, tmp_path):
+    grads = []
+    for ckpt in (False, True):
+        cfg = config(tiny, "mntp", tmp_path / f"c{ckpt}", lora_dropout=0.0, mlm_probability=0.5)
+        cfg.gradient_checkpointing = ckpt
+        enc, head = build_model(cfg)
+        torch.manual_seed(0)
+        for p in enc.model.parameters():
+            if p.requires_grad:
+                p.data.normal_(0, 0.05)
+        from llm2vec_fast.training.trainer import MNTP
+
+        obj = MNTP(enc, cfg, head, torch.Generator().manual_seed(1))
+        enc.model.train()
+        packed = obj.prepare(["the river bank of money", "green idea sleeps", "walk"])
+        params = [p for p in enc.model.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(obj.loss(packed), params))
+    for a, b in zip(*grads):
+        assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+OFFICIAL_PY = Path(__file__).resolve().parents[1] / "bench" / ".venv-official" / "bin" / "python"
+
+
+@pytest.mark.skipif(
+    not OFFICIAL_PY.exists(),
+    reason="needs the official llm2vec in bench/.venv-official (bash bench/setup_official_env.sh)",
+)
+def test_the_official_library_loads_a_trained_adapter(tiny, tmp_path):
+    import subprocess
+
+    out = tmp_path / "mntp"
+    train(config(tiny, "mntp", out, max_steps=4))
+    texts = ["the river bank", "money loan fast and slow", "green idea"]
+    job = {
+        "model": str(tiny / "model"),
+        "peft": str(out),
+        "merge_peft": True,
+        "cases": [{"name": "plain", "sentences": texts}],
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    runner = Path(__file__).resolve().parents[1] / "bench" / "official_runner.py"
+    subprocess.run(
+        [str(OFFICIAL_PY), str(runner), str(tmp_path / "job.json"), str(tmp_path / "o.npz")],
+        check=True,
+        capture_output=True,
+    )
+    official = np.load(tmp_path / "o.npz", allow_pickle=False)
+    key = next(k for k in official.files if k.endswith("embeddings"))
+    ours = LLM2Vec.from_pretrained(str(tiny / "model"), peft_model_name_or_path=str(out))
+    mine = ours.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+    theirs = official[key]
+    rel = np.linalg.norm(mine - theirs, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert rel.max() < 1e-5, rel
