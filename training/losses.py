@@ -2,11 +2,18 @@
 loss of SimCSE and supervised training.
 
 :func:`linear_cross_entropy` computes ``F.cross_entropy(x @ W.T, y)`` chunk by chunk over the
-rows of ``x``: one ``[chunk, vocab]`` block of float32 logits is alive at a time, never the whole
+rows of ``x``: one ``[chunk, vocab]`` block of logits is alive at a time, never the whole
 ``[tokens, vocab]`` matrix, so memory stays flat at a 128k vocabulary. As in Liger-Kernel's fused
 linear cross-entropy, the gradients are computed in the forward pass, block by block (softmax
 minus the one-hot target, times ``W`` for the input and, when ``W`` is trained, accumulated into
 its gradient), and the backward pass only scales them: no logits are recomputed or stored.
+
+The matmuls are torch's (cuBLAS on a GPU). The softmax step between them is the Triton kernel of
+:mod:`llm2vec_fast.kernels.cross_entropy` for CUDA tensors (or under ``TRITON_INTERPRET=1``): it
+reads the block in the matmul's dtype (bf16 for a bf16 model, float32 math inside) and writes the
+gradient over it, so the block is the only ``[chunk, vocab]`` buffer. Elsewhere
+:func:`~llm2vec_fast.kernels.cross_entropy.cross_entropy_grad_ref` makes the gradient from the
+block in float32.
 """
 
 from __future__ import annotations
@@ -14,8 +21,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llm2vec_fast.kernels._launch import use_triton
+from llm2vec_fast.kernels.cross_entropy import (
+    KERNEL_DTYPES,
+    cross_entropy_fwd,
+    cross_entropy_grad_ref,
+)
+
 IGNORE_INDEX = -100
-_CHUNK_BYTES = 256 << 20  # the float32 logits block per chunk
+_CHUNK_BYTES = 256 << 20  # the logits block per chunk, counted as float32
+# torch.addmm(..., out_dtype=torch.float32): bf16/fp16 products summed into a float32 gradient
+_ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype_out")
 
 
 def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
@@ -26,17 +42,40 @@ def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
     return max(16, _CHUNK_BYTES // (4 * max(vocab, 1)))
 
 
+def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` for a float32 ``acc``, whatever ``a``'s dtype (``b`` follows ``a``)."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b.float())
+    elif (
+        _ADDMM_OUT_DTYPE
+        and a.is_cuda
+        and a.dtype in (torch.float16, torch.bfloat16)
+        and torch.cuda.get_device_capability(a.device)[0] >= 8
+    ):  # summed in float32 by cuBLAS, no low-precision [V, H] temporary (as Liger-Kernel)
+        torch.addmm(acc, a, b.to(a.dtype), out_dtype=torch.float32, out=acc)
+    else:
+        acc += (a @ b.to(a.dtype)).float()
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, target, chunk, ignore_index):
         n, vocab = x.shape[0], weight.shape[0]
         valid = target != ignore_index
-        count = int(valid.sum())
+        bad = valid & ((target < 0) | (target >= vocab))
+        count, n_bad = (int(v) for v in torch.stack([valid.sum(), bad.sum()]).tolist())
+        if n_bad:
+            raise ValueError(
+                f"{n_bad} targets lie outside [0, {vocab}) and are not ignore_index={ignore_index}"
+            )
         need_x, need_w, need_b = (
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
             (bias is not None and ctx.needs_input_grad[2]),
         )
+        need_grad = need_x or need_w or need_b
+        tensors = (x, weight, target) + ((bias,) if bias is not None else ())
+        on_triton = use_triton(*tensors)
         w = weight.to(x.dtype)
         b = bias.to(x.dtype) if bias is not None else None
         grad_x = torch.empty_like(x) if need_x else None
@@ -46,23 +85,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = 1.0 / max(count, 1)
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            xs, ts, vs = x[s:e], target[s:e], valid[s:e]
-            logits = F.linear(xs, w, b).float()  # [c, V], the only vocab-sized block
-            lse = torch.logsumexp(logits, dim=-1)
-            safe_t = ts.clamp(min=0)
-            picked = logits.gather(1, safe_t[:, None]).squeeze(1)
-            total += ((lse - picked) * vs).sum()
-            if need_x or need_w or need_b:
-                # d loss / d logits = (softmax - onehot) / count on valid rows; in place
-                grad = logits.sub_(lse[:, None]).exp_()
-                grad[torch.arange(e - s, device=x.device), safe_t] -= 1.0
-                grad.mul_((vs.float() * scale)[:, None])
-                if need_x:
-                    grad_x[s:e] = (grad.to(x.dtype) @ w).to(x.dtype)
-                if need_w:
-                    grad_w += grad.t() @ xs.float()
-                if need_b:
-                    grad_b += grad.sum(0)
+            xs, ts = x[s:e], target[s:e]
+            # d loss / d logits = (softmax - onehot) / count on valid rows, 0 on the others
+            if on_triton:
+                # the [c, V] block in the matmul's dtype; the kernel writes the gradient over it
+                grad = F.linear(xs, w, b)
+                if grad.dtype not in KERNEL_DTYPES:  # float64
+                    grad = grad.float()
+                rows = cross_entropy_fwd(grad, ts, scale, ignore_index, compute_grad=need_grad)
+            else:  # float32 logits, freed once the reference has made the gradient
+                rows, grad = cross_entropy_grad_ref(
+                    F.linear(xs, w, b).float(), ts, scale, ignore_index
+                )
+            total += rows.sum()
+            if need_x:
+                grad_x[s:e] = grad.to(x.dtype) @ w
+            if need_w:
+                _addmm_f32(grad_w, grad.t(), xs)
+            if need_b:
+                grad_b += grad.sum(0, dtype=torch.float32)
         ctx.save_for_backward(
             *(g if g is not None else torch.empty(0) for g in (grad_x, grad_w, grad_b))
         )
@@ -95,9 +136,11 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of ``x @ weight.T (+ bias)`` against ``target`` over the rows whose
     target is not ``ignore_index``; equal to ``F.cross_entropy(x @ weight.T, target)`` in value
-    and gradient (float32 logits), with ``[chunk_size, vocab]`` float32 at most alive at once
-    (default: 256 MiB worth of rows). ``x [N, H]``, ``weight [V, H]``, ``target [N]`` int.
-    Returns 0 (with zero gradients) when no row counts."""
+    and gradient (softmax in float32 over the logits as the matmul rounds them), with one
+    ``[chunk_size, vocab]`` block at most alive at once (default: 256 MiB worth of float32 rows;
+    on the Triton path the block stays in x's dtype when that is bf16/fp16, so half that).
+    ``x [N, H]``, ``weight [V, H]``, ``target [N]`` int, each in [0, V) or ``ignore_index``
+    (anything else raises ``ValueError``). Returns 0 (with zero gradients) when no row counts."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(
             f"x must be [N, H] and weight [V, H]; got {tuple(x.shape)}, {tuple(weight.shape)}"
