@@ -392,3 +392,26 @@ def test_the_official_library_loads_a_trained_adapter(tiny, tmp_path):
     theirs = official[key]
     rel = np.linalg.norm(mine - theirs, axis=1) / np.linalg.norm(theirs, axis=1)
     assert rel.max() < 1e-5, rel
+
+
+def test_data_parallel_training_under_torchrun(tiny, tmp_path):
+    """Two CPU ranks (gloo) through torchrun: accelerate's DDP, each rank its own batches, the
+    contrastive loss over both ranks' embeddings; one output, written by rank 0."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "-m", "llm2vec_fast.cli", "train", "simcse", "--data", str(tiny / "texts.txt"),
+        "--output", str(out), "--model", str(tiny / "model"), "--max-steps", "3",
+        "--batch-size", "4", "--max-seq-length", "16", "--device", "cpu", "-q",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained simcse: 3 steps") == 1  # rank 0 only
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    assert (out / "adapter_model.safetensors").is_file()

@@ -111,6 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
         **kwargs,
     )
     s = train(config)
+    if not s["is_main_process"]:
+        return 0
     print(
         f"trained {config.objective}: {s['steps']} steps, final loss {s['final_loss']:.4f}, "
         f"{s['tokens_per_second']:,.0f} tokens/s this run -> {s['output']}"

@@ -189,9 +189,13 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(t.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(t.contiguous()), dim=0)
 
 
 def contrastive_loss(

@@ -503,6 +503,8 @@ def train(config: TrainConfig) -> dict:
         "tokens_per_second": tokens_run / max(seconds, 1e-9),
         "peak_memory_bytes": peak,
         "resumed_from": str(ck) if ck else None,
+        "world_size": world,
+        "is_main_process": accelerator.is_main_process,
     }
 
 
