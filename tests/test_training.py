@@ -352,7 +352,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny, tmp_path):
 
         obj = MNTP(enc, cfg, head, torch.Generator().manual_seed(1))
         enc.model.train()
-        packed = obj.prepare(["the river bank of money", "green idea sleeps", "walk"])
+        texts = ["the river bank of money", "green idea sleeps", "walk"]
+        packed = obj.prepare(enc.tokenizer(texts)["input_ids"])
         params = [p for p in enc.model.parameters() if p.requires_grad]
         grads.append(torch.autograd.grad(obj.loss(packed), params))
     for a, b in zip(*grads):

@@ -245,10 +245,16 @@ class MNTP(Objective):
         self.special = special_token_ids(tok)
         self.vocab = len(tok)
 
-    def prepare(self, texts: list[str]) -> Packed:
+    def items(self):
+        """Token-id sequences of at most max_seq_length: each text tokenized (with its special
+        tokens) and cut into pieces, so a batch is ``batch_size`` sequences as in the official
+        recipe (which concatenates the corpus and cuts it into max_seq_length blocks; here no
+        block spans two texts)."""
         tok = self.enc.tokenizer
-        ids = tok(texts, add_special_tokens=True)["input_ids"]
-        pieces = [c for x in ids for c in chunk_ids(x, self.config.max_seq_length)]
+        for text in super().items():
+            yield from chunk_ids(tok(text)["input_ids"], self.config.max_seq_length)
+
+    def prepare(self, pieces: list[list[int]]) -> Packed:
         packed = pack(pieces)
         packed.input_ids, packed.labels = mntp_mask(
             packed.input_ids,
