@@ -30,7 +30,7 @@ from llm2vec_fast.training import (
     pack,
     train,
 )
-from llm2vec_fast.training.trainer import Supervised, _gradcache_loss, _pairs_for, build_model
+from llm2vec_fast.training.trainer import Supervised, _gradcache_loss, build_model
 
 WORDS = "the of river bank money loan walk fast slow green idea sleeps furiously".split()
 
@@ -258,7 +258,7 @@ def test_gradcache_gives_the_full_batch_gradient(tiny, tmp_path):
     params = [p for p in enc.model.parameters() if p.requires_grad]
     full = obj.loss(obj.prepare(triples))
     full_grads = torch.autograd.grad(full, params)
-    loss = _gradcache_loss(obj, _pairs_for(obj, triples), 4, lambda t: t.backward())
+    loss = _gradcache_loss(obj, obj.pairs(triples), 4, lambda t: t.backward())
     assert abs(float(loss) - float(full)) < 1e-5
     for p, g in zip(params, full_grads):
         assert_close(p.grad, g, rtol=1e-4, atol=1e-6)

@@ -273,36 +273,48 @@ class MNTP(Objective):
         return loss
 
 
-class SimCSE(Objective):
-    def prepare(self, texts: list[str]) -> Packed:
-        # the batch twice in one packed forward: independent dropout masks for the two views
-        return self.encode_texts([("", t) for t in texts] * 2)
+class Contrastive(Objective):
+    """An objective over pooled embeddings: ``pairs(items)`` lists the (instruction, text)
+    inputs of a batch, ``loss_from_reps`` scores their embeddings (so GradCache can run the
+    same loss over embeddings computed chunk by chunk)."""
+
+    def pairs(self, items) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, items) -> Packed:
+        return self.encode_texts(self.pairs(items))
 
     def loss(self, packed: Packed) -> torch.Tensor:
-        reps = self.pooled(packed)
-        n = reps.shape[0] // 2
-        return contrastive_loss(reps[:n], reps[n:], scale=self.config.loss_scale)
+        return self.loss_from_reps(self.pooled(packed))
+
+
+class SimCSE(Contrastive):
+    def pairs(self, texts: list[str]) -> list[tuple[str, str]]:
+        # the batch twice in one packed forward: independent dropout masks for the two views
+        return [("", t) for t in texts] * 2
 
     def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
         n = reps.shape[0] // 2
         return contrastive_loss(reps[:n], reps[n:], scale=self.config.loss_scale)
 
 
-class Supervised(Objective):
+class Supervised(Contrastive):
+    """Queries (with their instruction), then positives, then hard negatives. A batch uses as
+    many hard negatives per query as its triple with the fewest has."""
+
     def items(self):
         return iter_triples(self.config.data)
 
-    def prepare(self, triples) -> Packed:
+    def pairs(self, triples) -> list[tuple[str, str]]:
         # official E5 data: the query is "instruction; " + separator + query
         queries = [(f"{t.instruction.strip()};" if t.instruction else "", t.query) for t in triples]
         k = min(len(t.negatives) for t in triples)
         self._n, self._k = len(triples), k
         pairs = queries + [("", t.positive) for t in triples]
-        pairs += [("", t.negatives[j]) for j in range(k) for t in triples]
-        return self.encode_texts(pairs)
-
-    def loss(self, packed: Packed) -> torch.Tensor:
-        return self.loss_from_reps(self.pooled(packed))
+        return pairs + [("", t.negatives[j]) for j in range(k) for t in triples]
 
     def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
         n, k = self._n, self._k
@@ -444,7 +456,7 @@ def train(config: TrainConfig) -> dict:
         for micro in range(accum):
             epoch, items = next(stream)
             if config.gradcache_chunk and config.objective != "mntp":
-                pairs = _pairs_for(objective, items)
+                pairs = objective.pairs(items)
                 loss = _gradcache_loss(
                     objective,
                     pairs,
@@ -528,17 +540,6 @@ class _ModelRunner:
             )
 
         return forward
-
-
-def _pairs_for(objective, items) -> list[tuple[str, str]]:
-    if isinstance(objective, SimCSE):
-        return [("", t) for t in items] * 2
-    triples = items
-    k = min(len(t.negatives) for t in triples)
-    objective._n, objective._k = len(triples), k
-    queries = [(f"{t.instruction.strip()};" if t.instruction else "", t.query) for t in triples]
-    pairs = queries + [("", t.positive) for t in triples]
-    return pairs + [("", t.negatives[j]) for j in range(k) for t in triples]
 
 
 def _count_tokens(objective, pairs) -> int:
