@@ -100,11 +100,17 @@ setup(
     ext_modules=[
         Pybind11Extension(
             "llm2vec_fast._C",
-            ["csrc/packer.cpp", "csrc/bindings.cpp"],
+            [
+                "csrc/packer.cpp",
+                "csrc/bindings.cpp",
+                "csrc/bpe_tokenizer.cpp",
+                "csrc/tokenizer_bindings.cpp",
+            ],
             include_dirs=["csrc"],
-            depends=["csrc/packer.h"],
+            depends=["csrc/packer.h", "csrc/bpe_tokenizer.h", "csrc/unicode_tables.h"],
             cxx_std=17,
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-pthread"],
+            extra_link_args=["-pthread"],  # the tokenizer's std::thread workers
         )
     ],
     cmdclass={"build_ext": build_ext},

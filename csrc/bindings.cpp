@@ -226,8 +226,13 @@ py::list pack(py::handle token_ids, py::handle pool_lengths, int64_t max_length,
 
 }  // namespace
 
+void register_tokenizer(py::module_& m);  // tokenizer_bindings.cpp
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "llm2vec_fast C++ extension: the packer (token ids -> padding-free batches).";
+  m.doc() =
+      "llm2vec_fast C++ extension: the packer (token ids -> padding-free batches) and the BPE "
+      "tokenizer.";
+  register_tokenizer(m);
   m.def("pack", &pack, py::arg("token_ids"), py::arg("pool_lengths"), py::kw_only(),
         py::arg("max_length"), py::arg("max_tokens_per_batch"), py::arg("max_batch_size") = 0,
         py::arg("offsets") = py::none(),

@@ -5,6 +5,7 @@
 
 from llm2vec_fast.encoder import LLM2Vec
 from llm2vec_fast.loading import CheckpointError
+from llm2vec_fast.tokenizer import Tokenizer, UnsupportedTokenizerError
 from llm2vec_fast.version import __version__
 
-__all__ = ["CheckpointError", "LLM2Vec", "__version__"]
+__all__ = ["CheckpointError", "LLM2Vec", "Tokenizer", "UnsupportedTokenizerError", "__version__"]
