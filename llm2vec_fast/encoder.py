@@ -53,6 +53,7 @@ from llm2vec_fast.multi_device import (
     run_on_devices,
 )
 from llm2vec_fast.packing import PackedBatch, pack_token_ids
+from llm2vec_fast.tokenizer import for_hf_tokenizer
 
 SEP = "!@#$%^&*()"
 LLM2VEC_POOLING_MODES = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token")
@@ -284,6 +285,14 @@ class LLM2Vec(nn.Module):
         """Tokens of each text alone (no special tokens), capped at max_length."""
         if not texts:
             return []
+        fast = for_hf_tokenizer(self.tokenizer)  # the C++ tokenizer, same ids, when it can
+        if fast is not None:
+            return fast.count_tokens(
+                texts,
+                add_special_tokens=False,
+                max_length=self.max_length,
+                truncation_side=getattr(self.tokenizer, "truncation_side", "right"),
+            ).tolist()
         enc = self.tokenizer(
             texts, add_special_tokens=False, truncation=True, max_length=self.max_length
         )
@@ -324,6 +333,16 @@ class LLM2Vec(nn.Module):
 
     def _token_ids(self, joined: list[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of each joined string and the length of its pooled span."""
+        fast = for_hf_tokenizer(self.tokenizer)
+        if fast is not None:  # the same split and both tokenizations, on C++ threads
+            ids, counts = fast.encode_pooled(
+                joined,
+                SEP,
+                max_length=self.max_length,
+                truncation_side=getattr(self.tokenizer, "truncation_side", "right"),
+                count_pooled=self.skip_instruction,
+            )
+            return ids, counts.tolist()
         full, pooled = zip(*(self._split_sep(s) for s in joined))
         ids = self.tokenizer(list(full), truncation=True, max_length=self.max_length)["input_ids"]
         if not self.skip_instruction:
