@@ -575,6 +575,8 @@ struct Tokenizer::Impl {
   int32_t fallback_ids[256];                     // "<0xXX>"
   int32_t unk_id = -1;
   bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
+  bool split_words = false;  // see model()
+  static constexpr char kMeta[4] = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 
   // --- added tokens (HF AddedVocabulary::find_matches)
   void split_added(std::string_view s, const AddedMatcher& matcher, Workspace& ws,
@@ -805,6 +807,25 @@ struct Tokenizer::Impl {
         return;
       }
     }
+    if (split_words && n > 16) {
+      // No token holds a '▁' after another character, so no merge crosses the start of a
+      // '▁' run: the words between run starts merge independently (and hit the cache).
+      size_t begin = 0;
+      for (size_t k = 1; k + 3 <= n; ++k) {
+        if (std::memcmp(p + k, kMeta, 3) == 0 && (k < 3 || std::memcmp(p + k - 3, kMeta, 3) != 0)) {
+          word(p + begin, k - begin, ws, out);
+          begin = k;
+        }
+      }
+      word(p + begin, n - begin, ws, out);
+      return;
+    }
+    word(p, n, ws, out);
+  }
+
+  // one word: the cache, else the merges
+  void word(const char* p, size_t n, Workspace& ws, std::vector<int32_t>& out) const {
+    const std::string_view piece(p, n);
     if (n < WordCache::kMaxKey) {
       const uint64_t h = hash_bytes(p, n) | 1;
       uint32_t len = 0;
@@ -1071,6 +1092,23 @@ Tokenizer::Tokenizer(const TokenizerSpec& spec) : impl_(std::make_unique<Impl>()
       size_t i = 0;
       const uint32_t cp = decode_at(s, i);
       if (i == token.size() && cp < 0x10000) im.bmp_ids[cp] = *im.vocab.find(token);
+    }
+  }
+
+  if (!im.byte_mode && !im.ignore_merges && im.vocab.find(Impl::kMeta) != nullptr) {
+    // SentencePiece-style: split long pieces into words when no token holds a '▁' right
+    // after another character (then no merge can join across such a point).
+    im.split_words = true;
+    for (const auto& [token, id] : ms.vocab) {
+      for (size_t k = 1; k + 3 <= token.size() && im.split_words; ++k) {
+        if (std::memcmp(token.data() + k, Impl::kMeta, 3) != 0) continue;
+        // the character before position k
+        size_t b = k - 1;
+        while (b > 0 && (static_cast<unsigned char>(token[b]) & 0xC0) == 0x80) --b;
+        if (k - b != 3 || std::memcmp(token.data() + b, Impl::kMeta, 3) != 0)
+          im.split_words = false;
+      }
+      if (!im.split_words) break;
     }
   }
 

@@ -14,6 +14,7 @@ import copy
 import functools
 import json
 import pathlib
+import re
 import threading
 
 import pytest
@@ -69,10 +70,12 @@ def _added(content, token_id, *, lstrip=False, rstrip=False, normalized=False, s
             "rstrip": rstrip, "normalized": normalized, "special": special}  # fmt: skip
 
 
-def _sentencepiece_from_smollm2() -> dict:
+def _sentencepiece_from_smollm2(words: bool = True) -> dict:
     """A SentencePiece-style (character) BPE made from SmolLM2's byte-level one: tokens that
     spell valid UTF-8 keep their ids with spaces as '▁', plus <0xXX> byte tokens and <unk>;
-    characters outside it (most non-ASCII) go through byte fallback."""
+    characters outside it (most non-ASCII) go through byte fallback. With ``words``, tokens
+    with a '▁' after another character are left out, as in real SentencePiece vocabularies
+    (the C++ side then merges word by word); without, they stay (whole-piece merging)."""
     d = _smollm2()
     direct = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     chars = direct + [256 + k for k in range(256 - len(direct))]
@@ -87,6 +90,8 @@ def _sentencepiece_from_smollm2() -> dict:
     vocab: dict[str, int] = {}
     for token, i in d["model"]["vocab"].items():
         c = convert(token) if not token.startswith("<|") else token
+        if words and c is not None and re.search("[^\u2581]\u2581", c):
+            continue
         if c is not None and c not in vocab:
             vocab[c] = i
     next_id = max(d["model"]["vocab"].values()) + 1
@@ -155,7 +160,7 @@ def variants() -> dict[str, str]:
     d["model"]["fuse_unk"] = False
     out["sp_metaspace_split"] = d
 
-    d = copy.deepcopy(sp)  # Gemma-like: spaces replaced, no prefix; whitespace added tokens
+    d = _sentencepiece_from_smollm2(words=False)  # Gemma-like: spaces replaced, no prefix
     d["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
     d["model"]["byte_fallback"] = False  # unknown characters: fused <unk>
     d["added_tokens"] += [
