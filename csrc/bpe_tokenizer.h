@@ -5,7 +5,7 @@
 // The pipeline is HF's, step by step, for one text:
 //   1. added tokens that are not normalised are cut out of the raw text (leftmost-longest,
 //      with their lstrip / rstrip);
-//   2. every other piece is normalised (Prepend, Replace, Strip), then the normalised added
+//   2. every other piece is normalised (Prepend, Replace, Strip, NFC), then the normalised added
 //      tokens are cut out of it;
 //   3. pre-tokenisers split the pieces (Split with a string or one of the known regexes,
 //      Metaspace, ByteLevel), empty pieces dropped;
@@ -35,7 +35,7 @@ struct AddedTokenSpec {
   bool normalized = false;  // matched in the normalised text (else in the raw text)
 };
 
-enum class NormOp : int { Prepend = 0, Replace = 1, Strip = 2 };
+enum class NormOp : int { Prepend = 0, Replace = 1, Strip = 2, Nfc = 3 };
 
 struct NormalizerStep {
   NormOp op = NormOp::Prepend;

@@ -15,11 +15,22 @@ adding them).
 
 The output is a two-level table (256-code-point blocks; identical blocks shared), one byte of
 flags per code point: bit 0 letter (L*), bit 1 number (N*), bit 2 White_Space.
+
+It also holds the data of the NFC normalizer (Qwen2's): canonical combining classes, full
+canonical decompositions and the primary compositions. HF tokenizers normalises with the crate
+``unicode-normalization-alignments``, whose tables are Unicode 9.0 (``--check-hf`` found its
+output equal to Python 3.6's unicodedata, Unicode 9.0, and different from every later one), so
+these come from a Python with Unicode 9.0: ``--nfc-python`` (default: ``python3.6`` on PATH or
+under pyenv), or this Python if it is one.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import shutil
+import subprocess
 import sys
 import unicodedata
 from pathlib import Path
@@ -70,7 +81,116 @@ def flags_table() -> bytearray:
     return flags
 
 
-def render(flags: bytearray) -> str:
+# Run by the Unicode 9.0 Python (kept Python 3.6 compatible): the NFC data as JSON.
+NFC_DUMP = r"""
+import json, unicodedata as ud
+out = {"version": ud.unidata_version, "ccc": {}, "decomp": {}, "compose": []}
+for c in range(0x110000):
+    if 0xD800 <= c <= 0xDFFF:
+        continue
+    ch = chr(c)
+    if ud.combining(ch):
+        out["ccc"][c] = ud.combining(ch)
+    if 0xAC00 <= c <= 0xD7A3:
+        continue  # Hangul syllables: algorithmic
+    d = ud.normalize("NFD", ch)
+    if d != ch:
+        out["decomp"][c] = [ord(x) for x in d]
+    raw = ud.decomposition(ch)
+    if raw and not raw.startswith("<"):
+        parts = [int(x, 16) for x in raw.split()]
+        if len(parts) == 2 and ud.normalize("NFC", chr(parts[0]) + chr(parts[1])) == ch:
+            out["compose"].append([parts[0], parts[1], c])
+print(json.dumps(out))
+"""
+
+
+def find_unicode9_python(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    if unicodedata.unidata_version == "9.0.0":
+        return sys.executable
+    candidates = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.6*/bin/python3.6")))
+    candidates.append(shutil.which("python3.6"))
+    for c in filter(None, candidates):
+        probe = subprocess.run([c, "-c", "import unicodedata as u; print(u.unidata_version)"],
+                               capture_output=True, text=True)  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.strip() == "9.0.0":
+            return c
+    return None
+
+
+def nfc_data(python: str) -> dict:
+    data = json.loads(subprocess.run([python, "-c", NFC_DUMP], check=True, capture_output=True,
+                                     text=True).stdout)  # fmt: skip
+    if data["version"] != "9.0.0":
+        raise SystemExit(f"{python} has Unicode {data['version']}, not 9.0.0")
+    # what the C++ fast path relies on: below U+0300 nothing changes under NFC
+    assert all(int(c) >= 0x300 for c in data["ccc"])
+    assert all(second >= 0x300 for _, second, _ in data["compose"])
+    return data
+
+
+def render_nfc(data: dict) -> str:
+    ccc = bytearray(N_CODE_POINTS)
+    for c, k in data["ccc"].items():
+        ccc[int(c)] = k
+    blocks: dict[bytes, int] = {}
+    stage1 = [blocks.setdefault(bytes(ccc[b * BLOCK : (b + 1) * BLOCK]), len(blocks))
+              for b in range(N_CODE_POINTS // BLOCK)]  # fmt: skip
+    decomp = sorted((int(c), d) for c, d in data["decomp"].items())
+    pool: list[int] = []
+    entries = []
+    for c, d in decomp:
+        entries.append(f"{{{c},{len(pool)},{len(d)}}}")
+        pool += d
+    compose = sorted(((a << 21) | b, c) for a, b, c in data["compose"])
+
+    def rows(items: list, per_line: int) -> str:
+        items = [str(v) for v in items]
+        return "\n".join("    " + ",".join(items[i : i + per_line]) + ","
+                         for i in range(0, len(items), per_line))  # fmt: skip
+
+    return f"""
+// ---- NFC data, Unicode {data["version"]} (HF tokenizers' unicode-normalization-alignments)
+
+// canonical combining class: kCccStage2[kCccStage1[cp >> 8] * 256 + (cp & 255)]
+inline constexpr uint8_t kCccStage1[{len(stage1)}] = {{
+{rows(stage1, 32)}
+}};
+inline constexpr uint8_t kCccStage2[{len(blocks) * BLOCK}] = {{
+{rows(list(b"".join(blocks)), 64)}
+}};
+inline uint8_t ccc(uint32_t cp) {{
+  if (cp >= 0x110000) return 0;
+  return kCccStage2[static_cast<uint32_t>(kCccStage1[cp >> 8]) * 256 + (cp & 255)];
+}}
+
+// full canonical decompositions (Hangul syllables excluded: algorithmic), sorted by code point
+struct Decomposition {{
+  uint32_t cp;
+  uint16_t offset;
+  uint8_t length;
+}};
+inline constexpr Decomposition kDecompositions[{len(entries)}] = {{
+{rows(entries, 6)}
+}};
+inline constexpr uint32_t kDecompositionPool[{len(pool)}] = {{
+{rows(pool, 12)}
+}};
+
+// primary compositions: key (first << 21 | second) -> composite, sorted by key
+struct Composition {{
+  uint64_t key;
+  uint32_t composite;
+}};
+inline constexpr Composition kCompositions[{len(compose)}] = {{
+{rows([f"{{{k}ULL,{c}}}" for k, c in compose], 4)}
+}};
+"""
+
+
+def render(flags: bytearray, nfc: str) -> str:
     blocks: dict[bytes, int] = {}
     stage1: list[int] = []
     for b in range(N_CODE_POINTS // BLOCK):
@@ -112,9 +232,40 @@ inline uint8_t flags(uint32_t cp) {{
   if (cp >= 0x110000) return 0;
   return kStage2[static_cast<uint32_t>(kStage1[cp >> 8]) * 256 + (cp & 255)];
 }}
-
+{nfc}
 }}  // namespace l2vf::unicode
 """
+
+
+def check_hf_nfc(data: dict) -> int:
+    """Our NFC tables' expectations against HF's NFC normalizer: every decomposition (alone,
+    before and after a mark), every combining mark in pairs of classes, Hangul."""
+    from tokenizers import normalizers
+
+    python = find_unicode9_python(None)
+    probe = r"""
+import json, sys, unicodedata as ud
+tests = json.load(sys.stdin)
+print(json.dumps([ud.normalize("NFC", t) for t in tests]))
+"""
+    marks = [int(c) for c in data["ccc"]] + [0x07FD, 0x0898, 0x1AC1, 0x10F46, 0x16FF0]
+    tests = []
+    for c in marks:
+        for other in (0x0301, 0x0316, 0x05B0, 0x0E38, 0x302A, 0x1D165, 0x0334):
+            tests += ["a" + chr(c) + chr(other), "a" + chr(other) + chr(c)]
+    for d in data["decomp"].values():
+        s = "".join(map(chr, d))
+        tests += [s, s + "\u0301", "\u0301" + s, "e" + s]
+    tests += [chr(0x1100 + i) + chr(0x1161 + j) + chr(0x11A7 + k)
+              for i in range(0, 19, 3) for j in range(0, 21, 4) for k in range(0, 28, 3)]  # fmt: skip
+    want = json.loads(subprocess.run([python, "-c", probe], input=json.dumps(tests), check=True,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    got = normalizers.NFC().normalize_str("\x00".join(tests)).split("\x00")
+    bad = [t for t, a, b in zip(tests, got, want) if a != b]
+    print(f"NFC: {len(tests)} probes, {len(bad)} differ from Unicode 9.0 NFC")
+    for t in bad[:10]:
+        print("  ", ascii(t))
+    return len(bad)
 
 
 def check_hf(flags: bytearray) -> int:
@@ -150,11 +301,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check-hf", action="store_true", help="compare with HF tokenizers")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--nfc-python", default=None, help="a Python with Unicode 9.0 data")
     args = parser.parse_args()
+    python = find_unicode9_python(args.nfc_python)
+    if python is None:
+        raise SystemExit("no Python with Unicode 9.0 (Python 3.6) found: pass --nfc-python")
+    nfc = nfc_data(python)
     flags = flags_table()
-    args.out.write_text(render(flags), encoding="utf-8")
-    print(f"wrote {args.out} (Unicode {unicodedata.unidata_version} + 16.0 additions)")
-    if args.check_hf and check_hf(flags):
+    args.out.write_text(render(flags, render_nfc(nfc)), encoding="utf-8")
+    print(f"wrote {args.out} (classes: Unicode {unicodedata.unidata_version} + 16.0 additions; "
+          f"NFC: Unicode {nfc['version']} from {python})")  # fmt: skip
+    if args.check_hf and check_hf(flags) + check_hf_nfc(nfc):
         raise SystemExit("differences from HF tokenizers: see above")
 
 

@@ -40,6 +40,8 @@ tk::TokenizerSpec spec_from_dict(const py::dict& d) {
       s.op = tk::NormOp::Replace;
       s.a = step["pattern"].cast<std::string>();
       s.b = step["content"].cast<std::string>();
+    } else if (kind == "nfc") {
+      s.op = tk::NormOp::Nfc;
     } else if (kind == "strip") {
       s.op = tk::NormOp::Strip;
       s.left = step["left"].cast<bool>();

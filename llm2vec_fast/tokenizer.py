@@ -9,7 +9,8 @@ Supported (what LLM2Vec's model families use):
 
 - model: ``BPE`` (merges by rank, ``byte_fallback``, ``unk_token`` with ``fuse_unk``,
   ``ignore_merges``; no dropout, no subword prefix/suffix);
-- normalizer: none, ``Sequence``, ``Prepend``, ``Replace`` (a literal string), ``Strip``;
+- normalizer: none, ``Sequence``, ``Prepend``, ``Replace`` (a literal string), ``Strip``,
+  ``NFC`` (Unicode 9.0 tables, as HF's);
 - pre-tokenizer: none, ``Sequence``, ``ByteLevel`` (last), ``Metaspace``, ``Split`` with a
   literal string or one of the GPT-2, Llama-3 and Qwen2 regexes (written out in
   ``csrc/bpe_tokenizer.h``);
@@ -17,7 +18,7 @@ Supported (what LLM2Vec's model families use):
   ``ByteLevel``, ``Sequence``;
 - added tokens (special or not, normalised or not, ``lstrip``/``rstrip``); ``truncation``.
 
-Anything else (an NFC or Lowercase normalizer, another regex, ``single_word`` added tokens,
+Anything else (an NFKC or Lowercase normalizer, another regex, ``single_word`` added tokens,
 padding, a WordPiece model...) raises :class:`UnsupportedTokenizerError` at load time, naming
 it; :class:`~llm2vec_fast.LLM2Vec` then keeps the HF tokenizer.
 """
@@ -102,6 +103,8 @@ def _normalizer_steps(node: dict | None) -> list[dict]:
             if pattern["String"] == "":
                 raise _unsupported("normalizer Replace with an empty pattern")
             steps.append({"type": "replace", "pattern": pattern["String"], "content": n["content"]})
+        elif kind == "NFC":
+            steps.append({"type": "nfc"})
         elif kind == "Strip":
             steps.append(
                 {"type": "strip", "left": bool(n["strip_left"]), "right": bool(n["strip_right"])}
@@ -118,6 +121,11 @@ def _apply_normalizer(steps: list[dict], text: str) -> str:
             text = s["prepend"] + text if text else text
         elif s["type"] == "replace":
             text = text.replace(s["pattern"], s["content"])
+        elif s["type"] == "nfc":
+            # NFC changes nothing below U+0300; above, HF uses Unicode 9.0 tables, which
+            # Python's unicodedata is not
+            if any(ord(c) >= 0x300 for c in text):
+                raise _unsupported(f"normalised added token {text!r} under NFC")
         elif s["type"] == "strip":
             if s["left"]:
                 while text and text[0] in _WHITE_SPACE:

@@ -16,12 +16,18 @@ import json
 import pathlib
 import re
 import threading
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm2vec_fast.testing import mistral_tokenizer_json, smollm2_tokenizer_json
+from llm2vec_fast.testing import (
+    _QWEN2_NORMALIZER,
+    _QWEN2_PRE_TOKENIZER,
+    mistral_tokenizer_json,
+    smollm2_tokenizer_json,
+)
 from llm2vec_fast.tokenizer import (
     GPT2_REGEX,
     LLAMA3_REGEX,
@@ -133,11 +139,11 @@ def variants() -> dict[str, str]:
     d["post_processor"] = _template(["<|im_start|>"], [], vocab)
     out["llama3"] = d
 
-    d = copy.deepcopy(d)
-    d["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2_REGEX
-    d["model"]["ignore_merges"] = False
-    d["post_processor"] = None
-    out["qwen2_regex"] = d
+    d = _smollm2()  # Qwen2's own normalizer (NFC) and pre-tokenizer
+    d["normalizer"] = _QWEN2_NORMALIZER
+    d["pre_tokenizer"] = _QWEN2_PRE_TOKENIZER
+    assert d["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_REGEX
+    out["qwen2"] = d
 
     sp = _sentencepiece_from_smollm2()
     sp_vocab = sp["model"]["vocab"]
@@ -208,7 +214,7 @@ def pair(name: str) -> tuple[Tokenizer, HFTokenizer]:
     return Tokenizer.from_str(text), HFTokenizer.from_str(text)
 
 
-VARIANTS = ["smollm2", "gpt2_prefix_space", "llama3", "qwen2_regex", "sp_legacy",
+VARIANTS = ["smollm2", "gpt2_prefix_space", "llama3", "qwen2", "sp_legacy",
             "sp_metaspace_first", "sp_metaspace_split", "gemma_like", "added_tokens_strip",
             *(f"split_{b}{i}" for b in ("Removed", "MergedWithPrevious", "MergedWithNext",
                                         "Contiguous") for i in ("", "_inverted"))]  # fmt: skip
@@ -273,6 +279,10 @@ EDGE_TEXTS = [
     "<mask>", "  <mask>  [R]  end", "[R]\n\nx", "hello", "say hello!", "<table>", "\t\t\t",
     "<0x41>", "<unk>", "a\x00b", "\u0085\u00a0\u3000", "١٢٣٤٥", "12345678", "\u00b2\u00b3",
     "e\u0301\u0301", "😀👍🏽👨‍👩‍👧🇫🇷", "数字漢字カタカナ한국어", "\u200b\u200d\ufeff", "\U0001e4d0\u1c89",
+    # NFC: composition, reordering of marks, blocking, Hangul, singletons, exclusions
+    "e\u0301 A\u030a \u212b \u0958", "a\u0316\u0301 a\u0301\u0316", "\u0b47\u0b3e \u0b47\u0301\u0b3e",
+    "\u1100\u1161\u11a8 \u1100\u1161 \uac00\u11a8", "\u0301abc", "q\u0307\u0323 \u1e0b\u0323",
+    "a\u07fd\u0301 a\u0898\u0316",  # marks newer than Unicode 9.0: HF does not reorder them
 ]  # fmt: skip
 
 
@@ -298,6 +308,7 @@ _text_piece = st.one_of(
     st.characters(categories=("Mn", "Mc", "Me")),  # combining marks
     st.characters(categories=("Cc", "Cf", "Zs", "Zl", "Zp")),  # controls, spaces
     st.text(alphabet="abcxyzé ", min_size=30, max_size=300),  # long words
+    st.characters(exclude_categories=("Cs",)).map(lambda c: unicodedata.normalize("NFD", c)),
 )
 TEXTS = st.lists(st.lists(_text_piece, max_size=25).map("".join), min_size=1, max_size=8)
 
@@ -318,13 +329,13 @@ def _code_point_texts(step: int) -> list[str]:
     return [f"a{chr(c)}b {chr(c)}{chr(c)}1'{chr(c)} {chr(c)}" for c in cps]
 
 
-@pytest.mark.parametrize("name", ["smollm2", "llama3", "qwen2_regex", "sp_metaspace_first"])
+@pytest.mark.parametrize("name", ["smollm2", "llama3", "qwen2", "sp_metaspace_first"])
 def test_code_points_sampled(name):
     assert_same_ids(name, _code_point_texts(step=251), False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["smollm2", "llama3"])
+@pytest.mark.parametrize("name", ["smollm2", "llama3", "qwen2"])
 def test_code_points_all(name):
     assert_same_ids(name, _code_point_texts(step=1), False)
 
@@ -426,7 +437,7 @@ def _mutated(mutate) -> str:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer NFC"),
+        (lambda d: d.update(normalizer={"type": "NFD"}), "normalizer NFD"),
         (lambda d: d.update(normalizer={"type": "Lowercase"}), "normalizer Lowercase"),
         (lambda d: d.update(normalizer={"type": "Sequence", "normalizers": [{"type": "NFKC"}]}), "NFKC"),
         (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "pre_tokenizer Whitespace"),
