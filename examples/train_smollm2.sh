@@ -12,10 +12,10 @@ COMMON="--dtype bfloat16 --bf16 --max-seq-length 64 --seed 42 -q"
 llm2vec-fast eval --offline --causal --output-dir "$OUT/eval-causal" -q
 llm2vec-fast eval --offline --output-dir "$OUT/eval-bi" -q
 llm2vec-fast train mntp --data "$LEE" --output "$OUT/mntp" $COMMON \
-    --batch-size 8 --max-steps 120 --learning-rate 2e-4 --save-steps 40
+    --batch-size 8 --max-steps 200 --learning-rate 2e-4 --save-steps 50
 llm2vec-fast eval --offline --peft "$OUT/mntp" --output-dir "$OUT/eval-mntp" -q
 llm2vec-fast train simcse --data "$LEE" --output "$OUT/simcse" --peft "$OUT/mntp" $COMMON \
-    --batch-size 16 --max-steps 30 --learning-rate 1e-4 --save-steps 10
+    --batch-size 16 --max-steps 40 --learning-rate 1e-4 --save-steps 20
 llm2vec-fast eval --offline --peft "$OUT/mntp" --peft "$OUT/simcse" --output-dir "$OUT/eval-mntp-simcse" -q
 python - "$OUT" <<'PY'
 import json, sys
