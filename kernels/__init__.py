@@ -8,11 +8,13 @@ autograd.Function and ``<op>_ref``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ._launch import INTERPRET, use_triton
 from .attention import varlen_attention_ref, varlen_attention_sdpa
-from .flash_varlen import flash_varlen_attention
+from .flash_varlen import _splitmix64, flash_varlen_attention
 from .glu import gated_act, gated_act_ref
 from .pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
 from .rms_norm import rms_norm, rms_norm_ref
@@ -44,6 +46,8 @@ def varlen_attention(
     causal: bool = False,
     softmax_scale: float | None = None,
     dropout_p: float = 0.0,
+    seed: int | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """Attention inside each packed text: q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` -> ``[T, Hq, D]``.
 
@@ -53,17 +57,38 @@ def varlen_attention(
     float16/bfloat16 CUDA tensors (and any dtype under ``TRITON_INTERPRET=1``) run the Triton
     flash kernel (:mod:`llm2vec_fast.kernels.flash_varlen`); float32 on CUDA and CPU tensors run
     torch SDPA once per text. ``dropout_p > 0`` (attention-probability dropout, SimCSE training)
-    runs torch SDPA too: the flash kernel has no dropout yet.
+    drops probabilities on either path. Its mask comes from ``seed`` (an int) and ``offset``, or,
+    with ``seed=None``, from torch's default generator on q's device (``torch.manual_seed``
+    reproduces it). The two paths draw different masks from one seed: the flash kernel's is
+    :func:`llm2vec_fast.kernels.flash_varlen.flash_varlen_dropout_mask`; SDPA's is torch's dropout
+    under a generator seeded from ``(seed, offset)``.
     """
-    if dropout_p > 0.0:
-        return varlen_attention_sdpa(
-            q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p
-        )
     if use_triton(q, k, v) and (INTERPRET or q.dtype != torch.float32):
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        return flash_varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale)
-    return varlen_attention_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale)
+        return flash_varlen_attention(
+            q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p, seed, offset
+        )
+    if dropout_p > 0.0 and seed is not None:
+        with _seeded_rng(q.device, seed, offset):
+            return varlen_attention_sdpa(
+                q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p
+            )
+    return varlen_attention_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p)
+
+
+@contextlib.contextmanager
+def _seeded_rng(device: torch.device, seed: int, offset: int):
+    """torch's default generator of ``device`` seeded from ``(seed, offset)`` inside the block
+    and restored after it (SDPA's dropout then draws a mask that is a function of the seed)."""
+    cuda = device.type == "cuda"
+    index = (
+        (device.index if device.index is not None else torch.cuda.current_device()) if cuda else 0
+    )
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        gen = torch.cuda.default_generators[index] if cuda else torch.default_generator
+        gen.manual_seed(_splitmix64(int(seed) ^ _splitmix64(int(offset))) & ((1 << 63) - 1))
+        yield
 
 
 def segment_pool(

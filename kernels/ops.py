@@ -7,7 +7,8 @@ second op, ``<name>_backward``, as flash-attention registers its varlen function
 
     op                                     returns
     varlen_attention(q, k, v, cu_seqlens,  [T, Hq, D] q.dtype, contiguous
-        max_seqlen, causal, softmax_scale)
+        max_seqlen, causal, softmax_scale,
+        dropout_p, seed, offset)
     segment_pool(hidden, cu_seqlens,       [n_texts, H] float32 (float64 for float64 hidden),
         pool_mask, mode)                   n_texts = cu_seqlens.shape[0] - 1
     rms_norm(x, weight, eps, gemma)        x.shape; promote(x, weight) dtype (Llama form),
@@ -20,7 +21,8 @@ Backward: every ``<name>_backward`` op takes the saved inputs. On the Triton pat
 kernels' bwd launchers directly: ``rope_bwd`` and ``gated_act_bwd`` need nothing more;
 ``rms_norm`` reruns its forward for ``rstd``, ``segment_pool`` for its per-text counts (one read
 of the hidden states each); ``varlen_attention`` reruns the flash forward for ``o`` and the LSE
-(the public op returns ``o`` only), about 30% on top of fwd+bwd. On the PyTorch path it takes
+(the public op returns ``o`` only), about 30% on top of fwd+bwd, under the same dropout mask
+(the op takes the mask's seed as an argument). On the PyTorch path it takes
 ``torch.func.vjp`` of the reference (an op body runs below the autograd key, where
 ``torch.enable_grad()`` records nothing). Gradients flow to the floating-point tensor inputs;
 index tensors and options get None. Double backward is not supported.
@@ -38,7 +40,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._launch import INTERPRET, use_triton
-from .flash_varlen import flash_varlen_bwd, flash_varlen_fwd
+from .flash_varlen import draw_dropout_seed, flash_varlen_bwd, flash_varlen_fwd
 from .glu import gated_act_bwd
 from .pooling import _mask_bytes, segment_pool_bwd, segment_pool_fwd
 from .rms_norm import rms_norm_bwd, rms_norm_fwd
@@ -100,14 +102,25 @@ if not _registered("varlen_attention"):
         max_seqlen: int | None = None,
         causal: bool = False,
         softmax_scale: float | None = None,
+        dropout_p: float = 0.0,
+        seed: int | None = None,
+        offset: int = 0,
     ) -> torch.Tensor:
+        if dropout_p > 0.0 and seed is None:
+            raise ValueError(
+                "llm2vec_fast::varlen_attention with dropout_p > 0 needs a seed (the backward "
+                "regenerates the mask from it); ops.varlen_attention draws one"
+            )
         out = _dispatchers().varlen_attention(
-            q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale
+            q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p, seed, offset
         )
         return out.contiguous()
 
     @_varlen_attention.register_fake
-    def _(q, k, v, cu_seqlens, max_seqlen=None, causal=False, softmax_scale=None):
+    def _(
+        q, k, v, cu_seqlens, max_seqlen=None, causal=False, softmax_scale=None, dropout_p=0.0,
+        seed=None, offset=0,
+    ):  # fmt: skip
         return q.new_empty(q.shape)
 
     @torch.library.custom_op(f"{NAMESPACE}::varlen_attention_backward", mutates_args=())
@@ -120,36 +133,47 @@ if not _registered("varlen_attention"):
         max_seqlen: int | None,
         causal: bool,
         softmax_scale: float | None,
+        dropout_p: float = 0.0,
+        seed: int | None = None,
+        offset: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if use_triton(q, k, v) and (INTERPRET or q.dtype != torch.float32):
-            # the dispatcher's flash path: recompute (o, lse), then the bwd launcher
+            # the dispatcher's flash path: recompute (o, lse) under the same dropout mask,
+            # then the bwd launcher
             if max_seqlen is None:
                 max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            o, lse = flash_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale)
-            return flash_varlen_bwd(
-                do, q, k, v, o, lse, cu_seqlens, max_seqlen, causal, softmax_scale
+            drop = dict(dropout_p=dropout_p, seed=seed, offset=offset)
+            o, lse = flash_varlen_fwd(
+                q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, **drop
             )
+            return flash_varlen_bwd(
+                do, q, k, v, o, lse, cu_seqlens, max_seqlen, causal, softmax_scale, **drop
+            )
+        # the SDPA path under its seeded generator: the same mask as the forward
         dq, dk, dv = _vjp(
             _dispatchers().varlen_attention, [do], [q, k, v],
-            cu_seqlens, max_seqlen, causal, softmax_scale,
+            cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p, seed, offset,
         )  # fmt: skip
         return dq, dk, dv
 
     @_varlen_attention_backward.register_fake
-    def _(do, q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale):
+    def _(
+        do, q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale, dropout_p=0.0, seed=None,
+        offset=0,
+    ):  # fmt: skip
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
     def _varlen_attention_setup(ctx, inputs, output):
-        q, k, v, cu_seqlens, max_seqlen, causal, softmax_scale = inputs
+        q, k, v, cu_seqlens, *args = inputs
         ctx.save_for_backward(q, k, v, cu_seqlens)
-        ctx.args = (max_seqlen, causal, softmax_scale)
+        ctx.args = tuple(args)  # max_seqlen, causal, softmax_scale, dropout_p, seed, offset
 
     def _varlen_attention_bwd(ctx, do):
         q, k, v, cu_seqlens = ctx.saved_tensors
         dq, dk, dv = torch.ops.llm2vec_fast.varlen_attention_backward(
             do, q, k, v, cu_seqlens, *ctx.args
         )
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
     _varlen_attention.register_autograd(
         _varlen_attention_bwd, setup_context=_varlen_attention_setup
@@ -370,15 +394,32 @@ def varlen_attention(
     max_seqlen: int | None = None,
     causal: bool = False,
     softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """``torch.ops.llm2vec_fast.varlen_attention``: q ``[T, Hq, D]``, k/v ``[T, Hkv, D]``,
     cu_seqlens int32 ``[n_texts + 1]`` -> ``[T, Hq, D]`` in q's dtype (contiguous). As
     :func:`llm2vec_fast.kernels.varlen_attention`; under ``torch.compile`` pass ``max_seqlen``
-    (deriving it reads a tensor value)."""
+    (deriving it reads a tensor value).
+
+    ``dropout_p > 0``: the op takes the mask's ``seed`` (an int64) and ``offset`` as arguments, so
+    its backward regenerates the forward's mask. With ``seed=None`` this function draws one per
+    call from torch's default generator on q's device (outside any compiled graph:
+    ``fullgraph=True`` needs an explicit seed)."""
+    if dropout_p > 0.0 and seed is None:
+        seed = _draw_seed(q.device)
     return torch.ops.llm2vec_fast.varlen_attention(
         q, k, v, cu_seqlens, None if max_seqlen is None else int(max_seqlen), bool(causal),
-        None if softmax_scale is None else float(softmax_scale),
+        None if softmax_scale is None else float(softmax_scale), float(dropout_p),
+        None if seed is None else int(seed), int(offset),
     )  # fmt: skip
+
+
+@torch.compiler.disable
+def _draw_seed(device: torch.device) -> int:
+    # a graph break under torch.compile: a seed traced into a graph would be a constant
+    return draw_dropout_seed(device)
 
 
 def segment_pool(

@@ -57,8 +57,10 @@ def _signature(kernel: str, dt: str, head_dim: int, causal: bool):
         sig |= {"LSE": "*fp32", "CU": "*i32"}
         sig |= _ints("stride_qt stride_qh stride_kt stride_kh stride_vt stride_vh stride_ot")
         sig |= _ints("stride_oh total_tokens group")
-        sig["qk_scale"] = "fp32"
-        consts = dict(BLOCK_M=t.BLOCK_M, BLOCK_N=t.BLOCK_N, CAUSAL=causal, DOT_PREC="ieee")
+        sig |= {"qk_scale": "fp32", "dropout_p": "fp32", "seed": "i64", "offset": "i32"}
+        consts = dict(
+            BLOCK_M=t.BLOCK_M, BLOCK_N=t.BLOCK_N, CAUSAL=causal, DROPOUT=False, DOT_PREC="ieee"
+        )
         opts = dict(num_warps=t.fwd_warps, num_stages=t.fwd_stages)
     elif kernel == "pre":
         fn = fv._flash_varlen_bwd_preprocess
@@ -80,14 +82,15 @@ def _signature(kernel: str, dt: str, head_dim: int, causal: bool):
         for g in grads:
             sig |= _ints(f"stride_{g.lower()}t stride_{g.lower()}h")
         sig |= _ints("total_tokens group")
-        sig |= {"sm_scale": "fp32", "qk_scale": "fp32"}
+        sig |= {"sm_scale": "fp32", "qk_scale": "fp32", "dropout_p": "fp32", "seed": "i64"}
+        sig["offset"] = "i32"
         if kernel == "dkdv":
             consts = dict(BLOCK_M1=t.BLOCK_M1, BLOCK_N1=t.BLOCK_N1)
             warps = t.dkdv_warps
         else:
             consts = dict(BLOCK_M2=t.BLOCK_M2, BLOCK_N2=t.BLOCK_N2)
             warps = t.dq_warps
-        consts |= dict(CAUSAL=causal, DOT_PREC="ieee")
+        consts |= dict(CAUSAL=causal, DROPOUT=False, DOT_PREC="ieee")
         opts = dict(num_warps=warps, num_stages=t.bwd_stages)
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=t.BLOCK_D) | consts
     sig |= {n: "constexpr" for n in consts}
