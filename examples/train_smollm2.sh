@@ -2,7 +2,7 @@
 # The LLM2Vec recipe on the embedded default model (SmolLM2-135M-Instruct), on the CPU:
 # evaluate causal and bidirectional, train MNTP then SimCSE on gensim's lee_background.cor
 # (300 news articles), evaluate after each step. Results: out/smollm2-recipe/*/offline.json.
-# About 40 minutes on 2 CPU cores. The step counts are far below the paper's (1000 steps of
+# About 30 minutes on 2 CPU cores (29 min of training measured on a busy machine). The step counts are far below the paper's (1000 steps of
 # 32 x 512 tokens): a CPU-sized replication, with learning rates raised to match.
 set -euo pipefail
 OUT=${OUT:-out/smollm2-recipe}
