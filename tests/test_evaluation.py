@@ -201,7 +201,8 @@ def test_cli_eval_offline(ckpt, tmp_path, capsys):
     # the same numbers from the Python API
     model = LLM2Vec.from_pretrained(ckpt, device="cpu")
     again = evaluate_offline(model, folds=5, n_bootstrap=200)
-    assert again["polarity"] == pytest.approx(written["polarity"])
+    for key in ("accuracy", "ci95", "fold_accuracy"):  # approx takes no nested mappings
+        assert again["polarity"][key] == pytest.approx(written["polarity"][key])
     assert again["wordsim353"]["spearman"] == pytest.approx(
         written["wordsim353"]["spearman"], abs=1e-6
     )
