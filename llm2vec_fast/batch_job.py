@@ -44,6 +44,7 @@ from llm2vec_fast.io_formats import (
     PRECISIONS,
     InputError,
     Record,
+    atomic_write,
     check_inputs,
     count_rows,
     dequantize,
@@ -816,9 +817,7 @@ def _write_errors(outdir: Path, manifest: dict) -> None:
         json.dumps(e, ensure_ascii=False) for s in manifest["shards"] for e in s.get("errors", [])
     ]
     data = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
-    from llm2vec_fast.io_formats import _atomic_write
-
-    _atomic_write(outdir / ERRORS, lambda f: f.write(data))
+    atomic_write(outdir / ERRORS, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------------------- reading

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -156,6 +155,7 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
     import torch
 
     from llm2vec_fast import LLM2Vec
+    from llm2vec_fast.io_formats import atomic_write
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,9 +185,7 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
     )
     t_enc = time.perf_counter() - t1
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: np.save(f, emb, allow_pickle=False))
     ids_path = out.with_suffix(".ids.json")
     ids_path.write_text(json.dumps(ids) + "\n", encoding="utf-8")
     print(

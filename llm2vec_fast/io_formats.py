@@ -381,8 +381,9 @@ def shard_stem(index: int) -> str:
     return f"shard-{index:06d}"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary name beside ``path``, fsync, rename onto ``path``."""
+def atomic_write(path: Path, write) -> None:
+    """``write(file)`` (a binary file) into a temporary name beside ``path``, fsync, rename onto
+    ``path``: readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -397,7 +398,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _ids_column(ids: list):
@@ -417,14 +418,14 @@ def write_shard(
     if fmt == "npy":
         ids_path = outdir / f"{stem}.ids.json"
         data = (json.dumps(ids) + "\n").encode("utf-8")
-        _atomic_write(ids_path, lambda f: f.write(data))
+        atomic_write(ids_path, lambda f: f.write(data))
         written["ids"] = ids_path
         if scales is not None:
             sp = outdir / f"{stem}.scales.npy"
-            _atomic_write(sp, lambda f: np.save(f, scales, allow_pickle=False))
+            atomic_write(sp, lambda f: np.save(f, scales, allow_pickle=False))
             written["scales"] = sp
         path = outdir / f"{stem}.npy"
-        _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+        atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
         written["embeddings"] = path
     elif fmt == "parquet":
         import pyarrow as pa
@@ -440,7 +441,7 @@ def write_shard(
             cols["scale"] = pa.array(scales)
         table = pa.table(cols)
         path = outdir / f"{stem}.parquet"
-        _atomic_write(path, lambda f: pq.write_table(table, f))
+        atomic_write(path, lambda f: pq.write_table(table, f))
         written["embeddings"] = path
     elif fmt == "safetensors":
         from safetensors.numpy import save
@@ -450,7 +451,7 @@ def write_shard(
             tensors["scales"] = scales
         data = save(tensors, metadata={"ids": json.dumps(ids)})
         path = outdir / f"{stem}.safetensors"
-        _atomic_write(path, lambda f: f.write(data))
+        atomic_write(path, lambda f: f.write(data))
         written["embeddings"] = path
     else:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")

@@ -24,13 +24,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from llm2vec_fast.io_formats import write_json_atomic
 from llm2vec_fast.training.data import (
     DataError,
     Packed,
@@ -569,9 +569,7 @@ def _save_checkpoint(accelerator, path: Path, enc, optimizer, scheduler, generat
         "config": config.to_json(),
         "data": data_fingerprint(config.data),
     }
-    tmp = path / "trainer_state.json.tmp"
-    tmp.write_text(json.dumps(state) + "\n")
-    os.replace(tmp, path / "trainer_state.json")
+    write_json_atomic(path / "trainer_state.json", state)
 
 
 _RESUME_KEYS = (
