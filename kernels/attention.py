@@ -97,7 +97,7 @@ def varlen_attention_sdpa(
     """
     check_qkv(q, k, v, cu_seqlens)
     groups = q.shape[1] // k.shape[1]
-    out = torch.empty_like(q)
+    out = None  # in SDPA's output dtype: under autocast, bf16 for float32 q
     segs = _segments(cu_seqlens)
     # group texts by length so equal-length texts share one call
     by_len: dict[int, list[int]] = {}
@@ -117,6 +117,8 @@ def varlen_attention_sdpa(
             enable_gqa=groups > 1,
             dropout_p=dropout_p,
         )
+        if out is None:
+            out = q.new_empty(q.shape, dtype=o.dtype)
         out[idx] = o.transpose(1, 2)
     # zero-length texts own no rows; every other row was written above
-    return out
+    return out if out is not None else torch.empty_like(q)

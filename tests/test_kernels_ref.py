@@ -157,3 +157,18 @@ def test_segment_pool_gradients_and_errors():
         segment_pool(hidden, _cu(lengths), mask, "max")
     with pytest.raises(ValueError, match="contains no BOS token"):
         segment_pool(hidden, _cu(lengths), torch.zeros(7, dtype=torch.bool), "bos_token")
+
+
+def test_sdpa_path_under_bf16_autocast():
+    """float32 q/k/v under CPU bf16 autocast: the output is SDPA's bfloat16, close to the
+    float32 reference."""
+    from llm2vec_fast.kernels.attention import varlen_attention_ref, varlen_attention_sdpa
+
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(13, 4, 16, generator=g) for _ in range(3))
+    cu = torch.tensor([0, 6, 13], dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = varlen_attention_sdpa(q, k, v, cu, 7)
+    assert out.dtype == torch.bfloat16
+    ref = varlen_attention_ref(q, k, v, cu, 7)
+    assert (out.float() - ref).abs().max() < 3e-2

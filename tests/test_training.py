@@ -416,3 +416,11 @@ def test_data_parallel_training_under_torchrun(tiny, tmp_path):
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("objective", ["mntp", "simcse"])
+def test_bf16_autocast_over_float32_weights(objective, tiny, tmp_path):
+    """--bf16 with the default float32 base: autocast hands SDPA float32 q/k/v and gets
+    bfloat16 back (the attention output takes SDPA's dtype)."""
+    s = train(config(tiny, objective, tmp_path / objective, max_steps=3, bf16=True))
+    assert s["steps"] == 3 and all(np.isfinite(s["losses"]))
