@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -380,12 +381,13 @@ def train(config: TrainConfig) -> dict:
     from tqdm.auto import tqdm
 
     output = Path(config.output)
-    accelerator = Accelerator(
-        mixed_precision="bf16" if config.bf16 else "no",
-        cpu=(config.device == "cpu"),
-    )
+    # accelerate's state is one per process: no per-run settings (precision, device) go into it,
+    # so train() can run several times in one process; bf16 autocast is applied here
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun / accelerate launch
+    cpu_ranks = launched and (config.device == "cpu" or not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=True) if cpu_ranks else Accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
-    if config.device is None:
+    if world > 1:
         config.device = str(accelerator.device)
     torch.manual_seed(config.seed + rank)
     enc, head = build_model(config)
@@ -421,7 +423,8 @@ def train(config: TrainConfig) -> dict:
         )
     # the scheduler is stepped here once per optimizer step (accelerate's wrapper would step it
     # once per process)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if world > 1:  # DDP; one process trains on the device the model was built on
+        model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     enc.model = accelerator.unwrap_model(model)
     objective.enc = enc
@@ -438,7 +441,8 @@ def train(config: TrainConfig) -> dict:
         skip=step * accum,
         drop_last=world > 1,
     )
-    device = accelerator.device
+    device = enc._device()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     output.mkdir(parents=True, exist_ok=True)
@@ -457,19 +461,21 @@ def train(config: TrainConfig) -> dict:
             epoch, items = next(stream)
             if config.gradcache_chunk and config.objective != "mntp":
                 pairs = objective.pairs(items)
-                loss = _gradcache_loss(
-                    objective,
-                    pairs,
-                    config.gradcache_chunk,
-                    lambda t: accelerator.backward(t / accum),
-                )
+                with autocast:
+                    loss = _gradcache_loss(
+                        objective,
+                        pairs,
+                        config.gradcache_chunk,
+                        lambda t: accelerator.backward(t / accum),
+                    )
                 step_tokens += _count_tokens(objective, pairs)
             else:
                 packed = objective.prepare(items).to(device)
                 # gradients are all-reduced on the last micro-batch only
                 sync = micro == accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = objective.loss(packed)
+                    with autocast:
+                        loss = objective.loss(packed)
                     accelerator.backward(loss / accum)
                 step_tokens += packed.n_tokens
             step_loss += float(loss.detach()) / accum
@@ -527,7 +533,7 @@ def train(config: TrainConfig) -> dict:
 
 
 class _ModelRunner:
-    """Calls the accelerate-prepared model (DDP-wrapped on several ranks, autocast with bf16)
+    """Calls the model (DDP-wrapped by accelerate on several ranks)
     for an objective's forward pass."""
 
     def __init__(self, model):
