@@ -197,6 +197,34 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name the encoder to load (``embed`` and ``eval`` share them)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "--peft",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a PEFT adapter to merge on top; repeat for several, applied in order",
+    )
+    parser.add_argument(
+        "--base-weights",
+        default=None,
+        metavar="DIR",
+        help="local base checkpoint for an adapter directory that names its base by hub id",
+    )
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        choices=["mean", "weighted_mean", "eos_token", "last_token", "bos_token"],
+        help="pooling mode (default: llm2vec_config.json, else mean)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm2vec-fast", description="LLM2Vec text encoders, fast, over packed batches."
@@ -216,30 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "-o", "--output", required=True, help="an output directory (the batch job) or a .npy file"
     )
-    e.add_argument(
-        "--model",
-        default=None,
-        help="checkpoint directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
-    )
-    e.add_argument(
-        "--peft",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a PEFT adapter to merge on top; repeat for several, applied in order",
-    )
-    e.add_argument(
-        "--base-weights",
-        default=None,
-        metavar="DIR",
-        help="local base checkpoint for an adapter directory that names its base by hub id",
-    )
-    e.add_argument(
-        "--pooling",
-        default=None,
-        choices=["mean", "weighted_mean", "eos_token", "last_token", "bos_token"],
-        help="pooling mode (default: llm2vec_config.json, else mean)",
-    )
+    add_model_arguments(e)
     e.add_argument(
         "--max-length",
         type=int,

@@ -407,6 +407,8 @@ table to OUTPUT_DIR/summary.md and summary.json.
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on ``llm2vec-fast``'s subparsers."""
+    from llm2vec_fast.cli import add_model_arguments
+
     e = sub.add_parser(
         "eval",
         help="evaluate an encoder: MTEB tasks, or the built-in offline suite",
@@ -418,30 +420,7 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     what.add_argument(
         "--tasks", default=None, help="MTEB task names, comma-separated (e.g. STS12,SciFact)"
     )
-    e.add_argument(
-        "--model",
-        default=None,
-        help="checkpoint directory or .gguf file (default: embedded SmolLM2-135M-Instruct)",
-    )
-    e.add_argument(
-        "--peft",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a PEFT adapter to merge on top; repeat for several, applied in order",
-    )
-    e.add_argument(
-        "--base-weights",
-        default=None,
-        metavar="DIR",
-        help="local base checkpoint for an adapter directory that names its base by hub id",
-    )
-    e.add_argument(
-        "--pooling",
-        default=None,
-        choices=["mean", "weighted_mean", "eos_token", "last_token", "bos_token"],
-        help="pooling mode (default: llm2vec_config.json, else mean)",
-    )
+    add_model_arguments(e)
     e.add_argument("--max-length", type=int, default=None, help="token limit per sequence")
     e.add_argument(
         "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype"
