@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,7 @@ from llm2vec_fast.io_formats import (
     write_json_atomic,
     write_shard,
 )
+from llm2vec_fast.pipeline import Chunk, ChunkResult, EncodePipeline
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
@@ -210,14 +211,6 @@ def validate_record(
     return (instruction or "", text), None
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def _test_kill(point: str, index: int) -> None:
     if os.environ.get(_KILL_ENV) == f"{point}:{index}":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -273,84 +266,77 @@ class ShardEmbedder:
             "name_or_path": m.name_or_path,
         }
 
-    def _run_batch(self, batch):
+    def _run_batch(self, tensors: dict, batch):
+        """The model call, behind the out-of-memory test hook."""
         if self._oom_above is not None and batch.n_tokens > self._oom_above:
             import torch
 
             raise torch.OutOfMemoryError(
                 f"simulated out of memory ({batch.n_tokens} tokens > {self._oom_above})"
             )
-        return self.model._embed_batch(batch)
+        return self.model._run_model(
+            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
+        )
 
-    def embed(self, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, dict]:
-        """float32 ``[n, hidden]`` embeddings of ``pairs`` (rows that fail alone are NaN) and
-        stats: tokens, batches, oom_splits, failed (positions that did not fit alone)."""
-        from llm2vec_fast.packing import pack_token_ids
+    def _chunks(self, shards: Iterable[tuple[int, list[Record]]]) -> Iterator[Chunk]:
+        """Shards as pipeline chunks of their valid rows; the rest become error entries."""
+        for index, records in shards:
+            pairs, keep, errors = [], [], []
+            for rec in records:
+                pair, reason = validate_record(rec)
+                if reason is None:
+                    pairs.append(pair)
+                    keep.append(rec)
+                else:
+                    errors.append(_error(rec, reason))
+            yield Chunk(index, 0, pairs, meta=(records, keep, errors))
 
+    def embed_shards(
+        self,
+        outdir: Path,
+        shards: Iterable[tuple[int, list[Record]]],
+        *,
+        overlap: bool | None = None,
+    ) -> Iterator[dict]:
+        """Embed shards and write their files; yield each one's manifest entry, in order.
+
+        The shards go through :class:`~llm2vec_fast.pipeline.EncodePipeline`, a shard per chunk
+        (so its batches are the same whatever comes before or after it): the next shard is
+        read, tokenized and packed while this one runs. ``shards`` is read lazily, a shard or
+        two ahead; leaving the loop early drops the shards read ahead, unrecorded.
+        """
         m, cfg = self.model, self.config
-        ids, pool_lengths = m._token_ids(m._joined_strings(pairs))
-        budget = cfg.batch_tokens or cfg.batch_size * m.max_length
-        out = np.full((len(pairs), self.hidden_size), np.nan, dtype=np.float32)
-        stats = {"tokens": 0, "batches": 0, "oom_splits": 0, "failed": []}
-        todo = [
-            (None, b)
-            for b in pack_token_ids(
-                ids,
-                pool_lengths,
-                max_length=m.max_length,
-                max_tokens_per_batch=budget,
-                max_batch_size=cfg.batch_size,
-            )
-        ]
-        while todo:
-            origin, batch = todo.pop(0)
-            # origin maps this batch's indices (into a sub-list) back to shard positions
-            where = batch.indices if origin is None else origin[batch.indices]
-            try:
-                emb = self._run_batch(batch)
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                _free_device_cache()
-                if batch.n_texts == 1:
-                    stats["failed"].append(int(where[0]))
-                    continue
-                stats["oom_splits"] += 1
-                sub_ids = [ids[i] for i in where]
-                sub = pack_token_ids(
-                    sub_ids,
-                    [pool_lengths[i] for i in where],
-                    max_length=m.max_length,
-                    max_tokens_per_batch=max(1, batch.n_tokens // 2),
-                    max_batch_size=max(1, math.ceil(batch.n_texts / 2)),
-                )
-                todo[:0] = [(where, b) for b in sub]
-                continue
-            out[where] = emb.numpy()
-            stats["tokens"] += batch.n_tokens
-            stats["batches"] += 1
-        return out, stats
+        pipe = EncodePipeline(
+            m,
+            self._chunks(shards),
+            max_tokens_per_batch=cfg.batch_tokens or cfg.batch_size * m.max_length,
+            batch_size=cfg.batch_size,
+            overlap=overlap,
+            split_on_oom=True,
+            run_batch=self._run_batch,
+        )
+        t0 = time.perf_counter()
+        try:
+            for res in pipe:
+                yield self._write_shard(outdir, res, t0)
+                t0 = time.perf_counter()
+        finally:
+            pipe.close()
 
     def embed_shard(self, outdir: Path, index: int, records: list[Record]) -> dict:
         """Embed one shard and write its files; returns its manifest entry."""
-        t0 = time.perf_counter()
-        pairs, keep, errors = [], [], []
-        for rec in records:
-            pair, reason = validate_record(rec)
-            if reason is None:
-                pairs.append(pair)
-                keep.append(rec)
-            else:
-                errors.append(_error(rec, reason))
-        emb, stats = self.embed(pairs) if pairs else (np.zeros((0, self.hidden_size)), None)
-        stats = stats or {"tokens": 0, "batches": 0, "oom_splits": 0, "failed": []}
-        failed = set(stats.pop("failed"))
+        (entry,) = self.embed_shards(outdir, [(index, records)], overlap=False)
+        return entry
+
+    def _write_shard(self, outdir: Path, res: ChunkResult, t0: float) -> dict:
+        index = res.chunk.index
+        records, keep, errors = res.chunk.meta
+        failed = set(res.failed)
         for i in sorted(failed):
-            rec = keep[i]
-            errors.append(_error(rec, "out of memory even as a batch of one"))
+            errors.append(_error(keep[i], "out of memory even as a batch of one"))
         errors.sort(key=lambda e: e["row"])
         good = [i for i in range(len(keep)) if i not in failed]
-        emb = np.ascontiguousarray(emb[good], dtype=np.float32)
+        emb = np.ascontiguousarray(res.embeddings[good], dtype=np.float32)
         if self.config.truncate_dim is not None:
             emb = np.ascontiguousarray(emb[:, : self.config.truncate_dim])
         if self.config.normalize and len(emb):
@@ -371,22 +357,15 @@ class ShardEmbedder:
             "errors": errors,
             "files": files,
             "device": self.device,
-            "tokens": stats["tokens"],
-            "batches": stats["batches"],
-            "oom_splits": stats["oom_splits"],
+            "tokens": res.tokens,
+            "batches": res.batches,
+            "oom_splits": res.oom_splits,
             "seconds": round(time.perf_counter() - t0, 3),
         }
 
 
 def _error(rec: Record, reason: str) -> dict:
     return {"row": rec.row, "id": rec.id, "source": rec.source, "reason": reason}
-
-
-def _free_device_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _shards(records: Iterator[Record], shard_size: int) -> Iterator[tuple[int, list[Record]]]:
@@ -663,17 +642,27 @@ def run_job(
             with _SigintGuard() as guard, bar:
                 runner.start()
                 shards = _shards(iter_records(job.files, **job.columns), config.shard_size)
-                for index, records in shards:
-                    if index in done:
-                        continue
-                    if guard.stop:
-                        break
-                    for entry in runner.submit(index, records):
+                todo = (
+                    (index, records)
+                    for index, records in shards
+                    if index not in done and not guard.stop
+                )
+                if runner.local is not None:
+                    # one device: the next shard is read and tokenized while this one runs
+                    for entry in runner.local.embed_shards(job.outdir, todo):
+                        entry = job.record(entry)
                         tokens += entry["tokens"]
                         _advance(bar, entry, job, tokens, t_start)
-                for entry in runner.drain():
-                    tokens += entry["tokens"]
-                    _advance(bar, entry, job, tokens, t_start)
+                        if guard.stop:
+                            break
+                else:
+                    for index, records in todo:
+                        for entry in runner.submit(index, records):
+                            tokens += entry["tokens"]
+                            _advance(bar, entry, job, tokens, t_start)
+                    for entry in runner.drain():
+                        tokens += entry["tokens"]
+                        _advance(bar, entry, job, tokens, t_start)
                 interrupted = guard.stop and not job.manifest["complete"]
         finally:
             runner.close()
@@ -776,9 +765,7 @@ class _Runner:
                     ) from None
 
     def submit(self, index: int, records: list[Record]) -> list[dict]:
-        """Run (or queue) one shard; returns the entries of shards finished meanwhile."""
-        if self.local is not None:
-            return [self.job.record(self.local.embed_shard(self.job.outdir, index, records))]
+        """Queue one shard for the workers; returns the entries of shards finished meanwhile."""
         finished = []
         while self.in_flight >= 2 * len(self.devs):
             finished.append(self._collect())

@@ -25,7 +25,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ from llm2vec_fast.multi_device import (
     run_on_devices,
 )
 from llm2vec_fast.packing import PackedBatch, pack_token_ids
+from llm2vec_fast.pipeline import EncodePipeline, chunked
 from llm2vec_fast.tokenizer import for_hf_tokenizer
 
 SEP = "!@#$%^&*()"
@@ -332,22 +333,34 @@ class LLM2Vec(nn.Module):
         return "".join(parts), parts[1] if len(parts) > 1 else ""
 
     def _token_ids(self, joined: list[str]) -> tuple[list[list[int]], list[int]]:
-        """Token ids of each joined string and the length of its pooled span."""
+        """Token ids of each joined string (lists) and the length of its pooled span."""
+        ids, offsets, counts = self._token_arrays(joined)
+        if offsets is None:
+            return ids, counts.tolist()
+        bounds = offsets.tolist()
+        flat = ids.tolist()
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], counts.tolist()
+
+    def _token_arrays(self, joined: list[str]):
+        """Token ids of each joined string and the length of its pooled span, in the form the
+        packer reads fastest: ``(ids int32 [total], offsets int64 [n + 1], counts int64 [n])``
+        from the C++ tokenizer (no Python list per text), or ``(id lists, None, counts)``
+        from HF ``tokenizers``."""
         fast = for_hf_tokenizer(self.tokenizer)
         if fast is not None:  # the same split and both tokenizations, on C++ threads
-            ids, counts = fast.encode_pooled(
+            return fast.encode_pooled(
                 joined,
                 SEP,
                 max_length=self.max_length,
                 truncation_side=getattr(self.tokenizer, "truncation_side", "right"),
                 count_pooled=self.skip_instruction,
+                as_arrays=True,
             )
-            return ids, counts.tolist()
         full, pooled = zip(*(self._split_sep(s) for s in joined))
         ids = self.tokenizer(list(full), truncation=True, max_length=self.max_length)["input_ids"]
         if not self.skip_instruction:
-            return ids, [len(x) for x in ids]
-        return ids, self._token_counts(list(pooled))
+            return ids, None, np.array([len(x) for x in ids], dtype=np.int64)
+        return ids, None, np.asarray(self._token_counts(list(pooled)), dtype=np.int64)
 
     # ------------------------------------------------------------------ official batch API
 
@@ -418,13 +431,16 @@ class LLM2Vec(nn.Module):
         normalize_embeddings: bool = False,
         max_tokens_per_batch: int | None = None,
         output_value: str = "sentence_embedding",
+        chunk_size: int = 16384,
     ):
         """Embed texts. Returns float32 embeddings in input order.
 
         Args:
             sentences: a string; a list of strings; a list of ``[instruction, text]`` pairs (a
-                plain string in the list is a text without instruction); or one MEDI item
-                ``[instruction, text, int]``.
+                plain string in the list is a text without instruction); one MEDI item
+                ``[instruction, text, int]``; or an iterator/generator of strings or pairs,
+                read lazily (the embeddings are collected; :meth:`encode_iter` hands them out
+                chunk by chunk instead).
             batch_size: at most this many texts per forward pass.
             max_tokens_per_batch: at most this many tokens per forward pass (packed, no
                 padding); default ``batch_size * max_length``. A text is never split.
@@ -441,6 +457,12 @@ class LLM2Vec(nn.Module):
                 text's last hidden states over its pooled tokens (the instruction's tokens
                 excluded when ``skip_instruction``), the representation the paper's word-level
                 tasks probe.
+            chunk_size: texts tokenized, sorted by length and packed together (the pipeline's
+                unit, :mod:`llm2vec_fast.pipeline`): while the model runs one batch the next is
+                copied to the device and the next chunk is tokenized on other threads.
+
+        The counts and timings of the call (tokens, batches, ``input_wait_fraction``: the share
+        of wall time the model waited for input) are left in ``last_encode_stats``.
 
         Returns:
             ``[n, hidden]`` float32, or ``[hidden]`` for a single string; for token
@@ -455,15 +477,8 @@ class LLM2Vec(nn.Module):
         if tokens_out and normalize_embeddings:
             raise ValueError("normalize_embeddings applies to sentence embeddings only")
         single = isinstance(sentences, str)
-        pairs = _as_pairs(sentences)
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-        if max_tokens_per_batch is None:
-            max_tokens_per_batch = batch_size * self.max_length
-        elif not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch <= 0:
-            raise ValueError(
-                f"max_tokens_per_batch must be a positive integer; got {max_tokens_per_batch!r}"
-            )
+        pairs = _iter_pairs(sentences)
+        max_tokens_per_batch = self._check_batch_args(batch_size, max_tokens_per_batch)
         if convert_to_tensor:
             convert_to_numpy = False
         devices = None
@@ -477,18 +492,167 @@ class LLM2Vec(nn.Module):
             self.to(_check_device(device))
         self.eval()
 
-        ids, pool_lengths = self._token_ids(self._joined_strings(pairs))
+        if devices is not None:
+            return self._encode_on_devices(
+                pairs,
+                single,
+                devices,
+                batch_size,
+                max_tokens_per_batch,
+                show_progress_bar,
+                convert_to_numpy,
+                normalize_embeddings,
+                tokens_out,
+            )
+        stream = isinstance(pairs, _PairStream)
+        n = None if stream else len(pairs)
+        pipe = self._pipeline(
+            pairs,
+            batch_size,
+            max_tokens_per_batch,
+            chunk_size,
+            show_progress_bar,
+            n,
+            token_level=tokens_out,
+        )
+        if tokens_out:
+            per_text: list = []
+            for res in pipe:
+                per_text.extend(
+                    e if convert_to_numpy else torch.from_numpy(e) for e in res.embeddings
+                )
+            if not per_text:
+                raise ValueError("encode() got an empty iterator of sentences")
+            return per_text[0] if single else per_text
+        if stream:
+            parts = [torch.from_numpy(res.embeddings) for res in pipe]
+            if not parts:
+                raise ValueError("encode() got an empty iterator of sentences")
+            out = torch.cat(parts)
+        else:
+            out = torch.empty(n, self.model.config.hidden_size, dtype=torch.float32)
+            for res in pipe:
+                out[res.chunk.offset : res.chunk.offset + len(res.chunk.pairs)] = torch.from_numpy(
+                    res.embeddings
+                )
+        if normalize_embeddings:
+            out = F.normalize(out, p=2, dim=1)
+        if single:
+            out = out[0]
+        return out.numpy() if convert_to_numpy else out
+
+    def encode_iter(
+        self,
+        sentences,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        convert_to_tensor: bool = False,
+        *,
+        normalize_embeddings: bool = False,
+        max_tokens_per_batch: int | None = None,
+        chunk_size: int = 16384,
+    ):
+        """Embed a stream of texts chunk by chunk, in bounded memory.
+
+        ``sentences`` is anything :meth:`encode` takes, or any iterable (a generator over a
+        file far larger than memory); it is read lazily, a few chunks ahead of the model.
+        Yields float32 ``[m, hidden]`` numpy arrays (tensors with ``convert_to_tensor``), one
+        per chunk of at most ``chunk_size`` texts (the first ones smaller), in input order: the
+        rows of all chunks together are the embeddings of the input, in order. An invalid item
+        raises ``TypeError`` naming its position once the chunks before it are handed out.
+        """
+        max_tokens_per_batch = self._check_batch_args(batch_size, max_tokens_per_batch)
+        pairs = _iter_pairs(sentences)
+        self.eval()
+        n = len(pairs) if isinstance(pairs, list) else None
+        for res in self._pipeline(
+            pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n
+        ):
+            out = torch.from_numpy(res.embeddings)
+            if normalize_embeddings:
+                out = F.normalize(out, p=2, dim=1)
+            yield out if convert_to_tensor else out.numpy()
+
+    def _check_batch_args(self, batch_size, max_tokens_per_batch) -> int:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if max_tokens_per_batch is None:
+            return batch_size * self.max_length
+        if not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch <= 0:
+            raise ValueError(
+                f"max_tokens_per_batch must be a positive integer; got {max_tokens_per_batch!r}"
+            )
+        return max_tokens_per_batch
+
+    def _pipeline(
+        self,
+        pairs,
+        batch_size,
+        max_tokens_per_batch,
+        chunk_size,
+        show_progress_bar,
+        total,
+        token_level=False,
+    ):
+        """Run the overlapped pipeline (:mod:`llm2vec_fast.pipeline`) over ``pairs``; yield
+        each chunk's :class:`~llm2vec_fast.pipeline.ChunkResult` in input order. Its counts and
+        times are left in :attr:`last_encode_stats`."""
+        from tqdm.auto import tqdm
+
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+        bar = tqdm(total=total, unit="text", desc="Encoding", disable=not show_progress_bar)
+        start = time.perf_counter()
+        seen = {"tokens": 0}
+
+        def progress(batch: PackedBatch) -> None:
+            seen["tokens"] += batch.n_tokens
+            bar.update(batch.n_texts)
+            rate = seen["tokens"] / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(tok_s=f"{rate:,.0f}", refresh=False)
+
+        pipe = EncodePipeline(
+            self,
+            chunked(pairs, chunk_size, first=2 * batch_size),
+            max_tokens_per_batch=max_tokens_per_batch,
+            batch_size=batch_size,
+            token_level=token_level,
+            on_batch=progress if show_progress_bar else None,
+        )
+        try:
+            yield from pipe
+        finally:
+            pipe.close()
+            bar.close()
+            self.last_encode_stats = pipe.summary()
+
+    def _encode_on_devices(
+        self,
+        pairs,
+        single,
+        devices,
+        batch_size,
+        max_tokens_per_batch,
+        show_progress_bar,
+        convert_to_numpy,
+        normalize_embeddings,
+        tokens_out,
+    ):
+        """encode() on several devices: the whole input tokenized and packed here, the batches
+        run by one worker process per device (:mod:`llm2vec_fast.multi_device`)."""
+        pairs = list(pairs)
+        if not pairs:
+            raise ValueError("encode() got an empty iterator of sentences")
+        ids, offsets, pool_lengths = self._token_arrays(self._joined_strings(pairs))
         batches = pack_token_ids(
             ids,
             pool_lengths,
+            offsets=offsets,
             max_length=self.max_length,
             max_tokens_per_batch=max_tokens_per_batch,
             max_batch_size=batch_size,
         )
-        if devices is None:
-            run = self._encode_batches
-        else:
-            run = functools.partial(run_on_devices, self, devices)
+        run = functools.partial(run_on_devices, self, devices)
         if tokens_out:
             per_text: list = [None] * len(pairs)
             for batch, token_embs in run(batches, show_progress_bar, token_level=True):
@@ -667,6 +831,49 @@ def _load_base(base_dir: Path, base_weights_path, **kwargs):
     return load_encoder(base_dir, **kwargs), name_or_path
 
 
+def _pair(i: int, s) -> tuple[str, str]:
+    if isinstance(s, str):
+        return ("", s)
+    if (
+        isinstance(s, (list, tuple))
+        and len(s) >= 2
+        and isinstance(s[0], str)
+        and isinstance(s[1], str)
+    ):
+        return (s[0], s[1])
+    what = "None" if s is None else type(s).__name__
+    if isinstance(s, (list, tuple)):
+        what = f"{what} of {[type(x).__name__ for x in s]}"
+    raise TypeError(
+        f"sentence {i} is {what}; expected a string or an [instruction, text] pair of strings"
+    )
+
+
+class _PairStream:
+    """An iterator of input items checked one at a time, as :func:`_as_pairs` checks a list."""
+
+    def __init__(self, items: Iterator):
+        self._items = items
+        self._i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, str]:
+        item = next(self._items)
+        pair = _pair(self._i, item)
+        self._i += 1
+        return pair
+
+
+def _iter_pairs(sentences) -> list[tuple[str, str]] | _PairStream:
+    """:func:`_as_pairs` for lists and other collections (all checked now); an iterator or
+    generator becomes a :class:`_PairStream`, checked as it is read."""
+    if isinstance(sentences, Iterator) and not isinstance(sentences, (str, bytes)):
+        return _PairStream(sentences)
+    return _as_pairs(sentences)
+
+
 def _as_pairs(sentences) -> list[tuple[str, str]]:
     """Normalise the accepted input forms to ``(instruction, text)`` pairs; clear errors."""
     if sentences is None:
@@ -695,22 +902,4 @@ def _as_pairs(sentences) -> list[tuple[str, str]]:
         and not isinstance(sentences[-1], bool)
     ):
         sentences = [sentences]
-    pairs = []
-    for i, s in enumerate(sentences):
-        if isinstance(s, str):
-            pairs.append(("", s))
-        elif (
-            isinstance(s, (list, tuple))
-            and len(s) >= 2
-            and isinstance(s[0], str)
-            and isinstance(s[1], str)
-        ):
-            pairs.append((s[0], s[1]))
-        else:
-            what = "None" if s is None else type(s).__name__
-            if isinstance(s, (list, tuple)):
-                what = f"{what} of {[type(x).__name__ for x in s]}"
-            raise TypeError(
-                f"sentence {i} is {what}; expected a string or an [instruction, text] pair of strings"
-            )
-    return pairs
+    return [_pair(i, s) for i, s in enumerate(sentences)]

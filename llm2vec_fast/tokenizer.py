@@ -458,7 +458,8 @@ class Tokenizer:
         truncation_side: str | None = None,
         num_threads: int | None = None,
         count_pooled: bool = True,
-    ) -> tuple[list[list[int]], np.ndarray]:
+        as_arrays: bool = False,
+    ) -> tuple:
         """The LLM2Vec instruction bookkeeping, for texts ``instruction + separator + text``.
 
         For each ``parts = s.split(separator)``: the ids of ``"".join(parts)`` (special
@@ -466,7 +467,9 @@ class Tokenizer:
         official ``len(tokenize(parts[1], add_special_tokens=False, truncated to max_length))``
         (0 without a separator): the text tokenized alone, not its share of the joined ids.
         With ``count_pooled=False`` the count is the number of ids of the whole sequence
-        (no second tokenization). Returns (ids lists, counts int64 ``[n]``).
+        (no second tokenization). Returns (ids lists, counts int64 ``[n]``), or with
+        ``as_arrays`` (ids int32 ``[total]``, offsets int64 ``[n + 1]``, counts int64 ``[n]``),
+        the packer's input without a Python list per text.
         """
         limit, left = self._limits(max_length, truncation_side)
         return self._tok.encode_pooled(
@@ -476,6 +479,7 @@ class Tokenizer:
             truncate_left=left,
             num_threads=self._threads(num_threads),
             count_pooled=count_pooled,
+            as_arrays=as_arrays,
         )
 
     def _threads(self, num_threads: int | None) -> int:
