@@ -318,12 +318,26 @@ class LLM2Vec(nn.Module):
         return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
 
     def _joined_strings(self, pairs: list[tuple[str, str]]) -> list[str]:
-        """:meth:`_convert_to_str` then :meth:`prepare_for_tokenization` for many pairs, with one
-        batched tokenizer call for the doc_max_length check."""
-        counts = self._token_counts([t for _, t in pairs])
+        """:meth:`_convert_to_str` then :meth:`prepare_for_tokenization` for many pairs, with
+        batched tokenizer calls: one for the doc_max_length check, one per round of cuts."""
+        texts = [t for _, t in pairs]
+        counts = self._token_counts(texts)
+        over = [i for i, n in enumerate(counts) if n > self.doc_max_length]
+        # The official cut, in rounds over all the texts still too long (the same result as
+        # its loop per text, with batched counts). Each text is split once: the words of
+        # " ".join(words[:k]) are words[:k].
+        words = {i: texts[i].split() for i in over}
+        while over:
+            for i in over:
+                words[i] = words[i][: int(len(words[i]) * (self.doc_max_length / counts[i]))]
+                texts[i] = " ".join(words[i])
+            for i, n in zip(over, self._token_counts([texts[i] for i in over])):
+                counts[i] = n
+            over = [i for i in over if counts[i] > self.doc_max_length]
+        prepare = self.prepare_for_tokenization
         return [
-            self.prepare_for_tokenization(self._join(instruction, text, n))
-            for (instruction, text), n in zip(pairs, counts)
+            prepare(f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}")
+            for (instruction, _), text in zip(pairs, texts)
         ]
 
     @staticmethod

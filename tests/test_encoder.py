@@ -111,6 +111,25 @@ def test_doc_max_length_cut(llama_dir):
     assert _rel_err(ours, ref) < 1e-5
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(llama_dir, seed):
+    """_joined_strings cuts all long texts in rounds with batched counts; the official code
+    loops per text (_convert_to_str): the strings must be identical, several rounds included."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["cat", "markets,", "oil", "42", "naïve", "😀", "x" * 30, "don't", "a.b"]
+    spaces = [" ", "  ", "\t", "\n", " \u3000 "]
+    pairs = []
+    for _ in range(40):
+        n = rng.choice([0, 1, 3, 8, 20, 60])
+        text = "".join(rng.choice(words) + rng.choice(spaces) for _ in range(n))
+        pairs.append((rng.choice(["", "Classify"]), text))
+    model = LLM2Vec.from_pretrained(llama_dir, max_length=64, doc_max_length=6, device="cpu")
+    expected = [model.prepare_for_tokenization(model._convert_to_str(i, t)) for i, t in pairs]
+    assert model._joined_strings(pairs) == expected
+
+
 def test_bos_token_pooling(bos_dir, llama_dir):
     model = LLM2Vec.from_pretrained(bos_dir, pooling_mode="bos_token", device="cpu")
     ours = model.encode([list(p) for p in PAIRS[:4]], show_progress_bar=False)
