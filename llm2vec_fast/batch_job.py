@@ -389,12 +389,9 @@ def _worker_main(config: JobConfig, device: str, threads, outdir: str, tasks, re
     try:
         embedder = ShardEmbedder(config, device, threads)
         results.put(("ready", device, embedder.describe()))
-        while True:
-            task = tasks.get()
-            if task is None:
-                break
-            index, records = task
-            results.put(("done", device, embedder.embed_shard(Path(outdir), index, records)))
+        # the next shard is taken and tokenized while this one runs (None ends the stream)
+        for entry in embedder.embed_shards(Path(outdir), iter(tasks.get, None)):
+            results.put(("done", device, entry))
     except BaseException as e:  # report, then let the parent stop the job
         results.put(("error", device, f"{type(e).__name__}: {e}"))
 
