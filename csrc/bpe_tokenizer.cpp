@@ -1299,6 +1299,36 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOption
   return out;
 }
 
+bool is_python_space(uint32_t cp) {
+  if (cp < 0x80) return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20);
+  return cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
+         cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+namespace {
+
+// Python's text.split(): the runs of non-space code points.
+void split_words(std::string_view text, std::vector<std::string_view>& words) {
+  words.clear();
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  size_t i = 0, start = 0;
+  bool in_word = false;
+  while (i < text.size()) {
+    const size_t at = i;
+    const uint32_t cp = decode_at(s, i);
+    if (is_python_space(cp)) {
+      if (in_word) words.push_back(text.substr(start, at - start));
+      in_word = false;
+    } else if (!in_word) {
+      in_word = true;
+      start = at;
+    }
+  }
+  if (in_word) words.push_back(text.substr(start));
+}
+
+}  // namespace
+
 void Tokenizer::run_batch(const std::vector<std::string_view>& texts, BatchMode mode,
                           const EncodeOptions& opts, std::string_view separator, int n_threads,
                           BatchResult& out) const {
@@ -1307,8 +1337,13 @@ void Tokenizer::run_batch(const std::vector<std::string_view>& texts, BatchMode 
   const size_t chunk = std::max<size_t>(1, std::min<size_t>(64, n / (8 * n_threads) + 1));
   const int workers = static_cast<int>(std::min<size_t>(n_threads, (n + chunk - 1) / chunk));
 
+  const bool counts_only = mode == BatchMode::Count || mode == BatchMode::DocCut;
   out.counts.assign(mode == BatchMode::Ids ? 0 : n, 0);
-  std::vector<int64_t> lens(mode == BatchMode::Count ? 0 : n, 0);
+  if (mode == BatchMode::DocCut) {
+    out.cut.assign(n, std::string());
+    out.was_cut.assign(n, 0);
+  }
+  std::vector<int64_t> lens(counts_only ? 0 : n, 0);
   std::vector<int64_t> src_off(lens.size(), 0);
   std::vector<int32_t> src_worker(lens.size(), 0);
   std::vector<std::vector<int32_t>> bufs(std::max(workers, 1));
@@ -1358,6 +1393,34 @@ void Tokenizer::run_batch(const std::vector<std::string_view>& texts, BatchMode 
             }
           }
           encode_into(text, opts, *ws, ids);
+          if (mode == BatchMode::DocCut) {
+            int64_t count = static_cast<int64_t>(ids.size());
+            if (count > opts.doc_max_length) {
+              std::vector<std::string_view> words;
+              split_words(text, words);
+              std::string& cut = out.cut[i];
+              while (count > opts.doc_max_length) {
+                // Python: int(len(words) * (doc_max_length / n)), in doubles
+                const double keep = static_cast<double>(words.size()) *
+                                    (static_cast<double>(opts.doc_max_length) /
+                                     static_cast<double>(count));
+                words.resize(std::min(words.size(), static_cast<size_t>(keep)));
+                std::string joined;
+                for (size_t k = 0; k < words.size(); ++k) {
+                  if (k) joined.push_back(' ');
+                  joined.append(words[k]);
+                }
+                cut.swap(joined);
+                // `words` view the original text, which is still alive; the cut text's words
+                // are its first words
+                encode_into(cut, opts, *ws, ids);
+                count = static_cast<int64_t>(ids.size());
+              }
+              out.was_cut[i] = 1;
+            }
+            out.counts[i] = count;
+            continue;
+          }
           if (mode == BatchMode::Count || mode == BatchMode::Joined)
             out.counts[i] = static_cast<int64_t>(ids.size());
           if (mode != BatchMode::Count) {
@@ -1387,7 +1450,7 @@ void Tokenizer::run_batch(const std::vector<std::string_view>& texts, BatchMode 
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 
-  if (mode == BatchMode::Count) return;
+  if (counts_only) return;
   out.offsets.assign(n + 1, 0);
   for (size_t i = 0; i < n; ++i) out.offsets[i + 1] = out.offsets[i] + lens[i];
   out.ids.resize(static_cast<size_t>(out.offsets[n]));

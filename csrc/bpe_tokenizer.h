@@ -99,6 +99,7 @@ struct EncodeOptions {
   bool add_special_tokens = true;
   int64_t max_length = -1;  // < 0: no truncation
   bool truncate_left = false;
+  int64_t doc_max_length = -1;  // BatchMode::DocCut only
 };
 
 // What a batch call computes for each text.
@@ -108,13 +109,23 @@ enum class BatchMode : int {
   Pooled = 2,  // text = parts joined by `separator`: ids of the parts concatenated, and
                // the count of parts[1] alone (no special tokens, capped at max_length)
   Joined = 3,  // as Pooled, without the count (counts = number of ids)
+  DocCut = 4,  // the official llm2vec doc_max_length cut (EncodeOptions::doc_max_length):
+               // n = the count (capped at max_length); while n > doc_max_length keep the
+               // first int(words * (doc_max_length / n)) words of Python's str.split(),
+               // joined by one space, and count again. counts = the final n; cut[i] = the
+               // cut text and was_cut[i] = 1 when the text changed.
 };
 
 struct BatchResult {
   std::vector<int32_t> ids;      // all ids back to back (Ids, Pooled)
   std::vector<int64_t> offsets;  // [n + 1] (Ids, Pooled)
   std::vector<int64_t> counts;   // [n] (Count, Joined: number of ids; Pooled: pooled count)
+  std::vector<std::string> cut;  // [n] (DocCut: the cut text, empty where not cut)
+  std::vector<uint8_t> was_cut;  // [n] (DocCut)
 };
+
+// Python's str.isspace() for one code point (the separators of str.split()).
+bool is_python_space(uint32_t cp);
 
 struct Workspace;  // per-thread scratch buffers and BPE cache (bpe_tokenizer.cpp)
 

@@ -182,18 +182,40 @@ class PyTokenizer {
     return py::make_tuple(to_lists(r, n), to_array(r.counts));
   }
 
+  // -> (counts int64 [n], list of the cut texts, None where a text was not cut)
+  py::tuple doc_cut(py::handle texts, int64_t doc_max_length, int64_t max_length,
+                    bool truncate_left, int num_threads) const {
+    if (doc_max_length < 0) throw py::value_error("doc_max_length must be >= 0");
+    tk::BatchResult r = run(texts, tk::BatchMode::DocCut, false, max_length, truncate_left, "",
+                            num_threads, doc_max_length);
+    const size_t n = r.counts.size();
+    py::list cut(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (r.was_cut[i]) {
+        PyObject* str = PyUnicode_DecodeUTF8(r.cut[i].data(),
+                                             static_cast<Py_ssize_t>(r.cut[i].size()), "strict");
+        if (str == nullptr) throw py::error_already_set();
+        PyList_SET_ITEM(cut.ptr(), static_cast<Py_ssize_t>(i), str);
+      } else {
+        PyList_SET_ITEM(cut.ptr(), static_cast<Py_ssize_t>(i), Py_NewRef(Py_None));
+      }
+    }
+    return py::make_tuple(to_array(r.counts), cut);
+  }
+
   int64_t n_special(bool add_special_tokens) const { return tok_->n_special(add_special_tokens); }
 
  private:
   tk::BatchResult run(py::handle texts, tk::BatchMode mode, bool add_special_tokens,
                       int64_t max_length, bool truncate_left, const std::string& separator,
-                      int num_threads) const {
+                      int num_threads, int64_t doc_max_length = -1) const {
     py::object keep;
     const std::vector<std::string_view> views = utf8_views(texts, keep);
     tk::EncodeOptions opts;
     opts.add_special_tokens = add_special_tokens;
     opts.max_length = max_length;
     opts.truncate_left = truncate_left;
+    opts.doc_max_length = doc_max_length;
     if (max_length >= 0 && max_length < tok_->n_special(add_special_tokens))
       throw py::value_error("max_length=" + std::to_string(max_length) +
                             " is smaller than the " +
@@ -236,5 +258,10 @@ asks for); the spec dict is that module's internal format.)doc")
 (no special tokens, capped at max_length; 0 without a separator; with count_pooled=False,
 the number of ids of the whole). Returns (ids lists, counts int64 [n]) or (ids int32,
 offsets int64 [n+1], counts int64 [n]).)doc")
+      .def("doc_cut", &PyTokenizer::doc_cut, py::arg("texts"), py::arg("doc_max_length"),
+           py::kw_only(), py::arg("max_length") = -1, py::arg("truncate_left") = false,
+           py::arg("num_threads") = 0,
+           R"doc(The official llm2vec doc_max_length cut of each text (no special tokens, counts
+capped at max_length): (final counts int64 [n], the cut texts, None where not cut).)doc")
       .def("n_special", &PyTokenizer::n_special, py::arg("add_special_tokens") = true);
 }

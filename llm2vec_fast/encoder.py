@@ -318,14 +318,31 @@ class LLM2Vec(nn.Module):
         return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
 
     def _joined_strings(self, pairs: list[tuple[str, str]]) -> list[str]:
-        """:meth:`_convert_to_str` then :meth:`prepare_for_tokenization` for many pairs, with
-        batched tokenizer calls: one for the doc_max_length check, one per round of cuts."""
-        texts = [t for _, t in pairs]
+        """:meth:`_convert_to_str` then :meth:`prepare_for_tokenization` for many pairs: the
+        doc_max_length cut on C++ threads when the C++ tokenizer stands in, else in rounds
+        of batched counts (the same strings as the official loop, text by text)."""
+        texts = self._cut_texts([t for _, t in pairs])
+        prepare = self.prepare_for_tokenization
+        return [
+            prepare(f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}")
+            for (instruction, _), text in zip(pairs, texts)
+        ]
+
+    def _cut_texts(self, texts: list[str]) -> list[str]:
+        """Each text after the official doc_max_length cut."""
+        fast = for_hf_tokenizer(self.tokenizer)
+        if fast is not None:
+            _, cut = fast.doc_cut(
+                texts,
+                self.doc_max_length,
+                max_length=self.max_length,
+                truncation_side=getattr(self.tokenizer, "truncation_side", "right"),
+            )
+            return [t if c is None else c for t, c in zip(texts, cut)]
         counts = self._token_counts(texts)
         over = [i for i, n in enumerate(counts) if n > self.doc_max_length]
-        # The official cut, in rounds over all the texts still too long (the same result as
-        # its loop per text, with batched counts). Each text is split once: the words of
-        # " ".join(words[:k]) are words[:k].
+        # In rounds over all the texts still too long; each text is split once (the words of
+        # " ".join(words[:k]) are words[:k]).
         words = {i: texts[i].split() for i in over}
         while over:
             for i in over:
@@ -334,11 +351,7 @@ class LLM2Vec(nn.Module):
             for i, n in zip(over, self._token_counts([texts[i] for i in over])):
                 counts[i] = n
             over = [i for i in over if counts[i] > self.doc_max_length]
-        prepare = self.prepare_for_tokenization
-        return [
-            prepare(f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}")
-            for (instruction, _), text in zip(pairs, texts)
-        ]
+        return texts
 
     @staticmethod
     def _split_sep(joined: str) -> tuple[str, str]:

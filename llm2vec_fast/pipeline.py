@@ -384,7 +384,9 @@ class EncodePipeline:
                     self.stats["texts"] += len(item.chunk.pairs)
                     yield res
                     continue
-                res = results.setdefault(item.chunk.index, self._new_result(item.chunk))
+                res = results.get(item.chunk.index)
+                if res is None:
+                    res = results[item.chunk.index] = self._new_result(item.chunk)
                 try:
                     launched = self._launch(item.chunk, item.batch, item.tensors, item.event)
                 except Exception as exc:

@@ -482,6 +482,31 @@ class Tokenizer:
             as_arrays=as_arrays,
         )
 
+    def doc_cut(
+        self,
+        texts: Sequence[str] | Iterable[str],
+        doc_max_length: int,
+        *,
+        max_length: int | None = None,
+        truncation_side: str | None = None,
+        num_threads: int | None = None,
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """The official llm2vec ``doc_max_length`` cut, on C++ threads.
+
+        For each text: ``n`` = its token count (no special tokens, capped at ``max_length``);
+        while ``n > doc_max_length``, keep the first ``int(len(words) * (doc_max_length / n))``
+        of its ``str.split()`` words joined by single spaces, and count again. Returns the
+        final counts (int64 ``[n]``) and the cut texts (None where a text was not cut).
+        """
+        limit, left = self._limits(max_length, truncation_side)
+        return self._tok.doc_cut(
+            texts,
+            int(doc_max_length),
+            max_length=limit,
+            truncate_left=left,
+            num_threads=self._threads(num_threads),
+        )
+
     def _threads(self, num_threads: int | None) -> int:
         return int(self.num_threads if num_threads is None else num_threads)
 

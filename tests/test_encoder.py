@@ -112,14 +112,20 @@ def test_doc_max_length_cut(llama_dir):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(llama_dir, seed):
-    """_joined_strings cuts all long texts in rounds with batched counts; the official code
-    loops per text (_convert_to_str): the strings must be identical, several rounds included."""
+@pytest.mark.parametrize("cpp", ["1", "0"])
+def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
+    llama_dir, seed, cpp, monkeypatch
+):
+    """_joined_strings cuts all long texts at once (in C++ threads, or in Python rounds of
+    batched counts with HF's tokenizer); the official code loops per text (_convert_to_str):
+    the strings must be identical, several rounds included."""
     import random
+
+    monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)
 
     rng = random.Random(seed)
     words = ["cat", "markets,", "oil", "42", "naïve", "😀", "x" * 30, "don't", "a.b"]
-    spaces = [" ", "  ", "\t", "\n", " \u3000 "]
+    spaces = [" ", "  ", "\t", "\n", " \u3000 ", "\x1c", "\u2029"]
     pairs = []
     for _ in range(40):
         n = rng.choice([0, 1, 3, 8, 20, 60])

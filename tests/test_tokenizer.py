@@ -14,6 +14,7 @@ import copy
 import functools
 import json
 import pathlib
+import random
 import re
 import threading
 import unicodedata
@@ -422,6 +423,49 @@ def test_encode_pooled_is_the_official_split(name, max_length):
         assert counts[i] == len(hf_trunc.encode(pooled, add_special_tokens=False).ids)
     ids2, whole = ours.encode_pooled(joined, SEP, max_length=max_length, count_pooled=False)
     assert ids2 == ids and whole.tolist() == [len(x) for x in ids]
+
+
+def official_doc_cut(hf: HFTokenizer, text: str, doc_max_length: int):
+    """llm2vec 0.2.3 ``_convert_to_str``'s loop over an HF tokenizer (truncating at max_length,
+    no special tokens): the cut text, its final count, and whether it was cut."""
+
+    def count(t):
+        return len(hf.encode(t, add_special_tokens=False).ids)
+
+    n = count(text)
+    was_cut = n > doc_max_length
+    while n > doc_max_length:
+        text = " ".join(text.split()[: int(len(text.split()) * (doc_max_length / n))])
+        n = count(text)
+    return text, n, was_cut
+
+
+PY_SPACES = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "mistral", "llama3"])
+@pytest.mark.parametrize(("doc_max_length", "max_length"), [(7, 16), (40, 64), (400, 512)])
+def test_doc_cut_is_the_official_loop(name, doc_max_length, max_length):
+    """The C++ doc_max_length cut against the official per-text loop: the same texts (every
+    one of Python's whitespace characters splits words) and the same final counts."""
+    ours, hf = pair(name)
+    rng = random.Random(doc_max_length)
+    texts = list(gensim_texts()[:40])
+    texts += [" ".join(texts[i : i + 6]) for i in range(0, 36, 6)]  # long documents
+    for _ in range(30):
+        words = [rng.choice(["naïve", "😀", "x" * 40, "don't", "42", "数字", "a.b", "e\u0301"])
+                 for _ in range(rng.randint(0, 80))]  # fmt: skip
+        texts.append("".join(w + "".join(rng.choices(PY_SPACES, k=rng.randint(1, 3)))
+                             for w in words))  # fmt: skip
+    texts += ["", " ", "\u3000\x1c", "one" * 500]
+    counts, cut = ours.doc_cut(texts, doc_max_length, max_length=max_length)
+    hf = HFTokenizer.from_str(hf.to_str())
+    hf.enable_truncation(max_length)
+    for i, text in enumerate(texts):
+        want, n, was_cut = official_doc_cut(hf, text, doc_max_length)
+        assert (cut[i] is not None) == was_cut, i
+        assert (text if cut[i] is None else cut[i]) == want, i
+        assert counts[i] == n, i
 
 
 # ---------------------------------------------------------------------------
