@@ -21,7 +21,6 @@ a bug we do the sensible thing instead, and say so (README, "Differences from ll
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -52,8 +51,8 @@ from llm2vec_fast.multi_device import (
     load_fingerprint,
     run_on_devices,
 )
-from llm2vec_fast.packing import PackedBatch, pack_token_ids
-from llm2vec_fast.pipeline import EncodePipeline, chunked
+from llm2vec_fast.packing import PackedBatch
+from llm2vec_fast.pipeline import EncodePipeline, chunked, in_background, pack_chunks
 from llm2vec_fast.tokenizer import for_hf_tokenizer
 
 SEP = "!@#$%^&*()"
@@ -526,6 +525,7 @@ class LLM2Vec(nn.Module):
                 devices,
                 batch_size,
                 max_tokens_per_batch,
+                chunk_size,
                 show_progress_bar,
                 convert_to_numpy,
                 normalize_embeddings,
@@ -660,82 +660,61 @@ class LLM2Vec(nn.Module):
         devices,
         batch_size,
         max_tokens_per_batch,
+        chunk_size,
         show_progress_bar,
         convert_to_numpy,
         normalize_embeddings,
         tokens_out,
     ):
-        """encode() on several devices: the whole input tokenized and packed here, the batches
-        run by one worker process per device (:mod:`llm2vec_fast.multi_device`)."""
-        pairs = list(pairs)
-        if not pairs:
-            raise ValueError("encode() got an empty iterator of sentences")
-        ids, offsets, pool_lengths = self._token_arrays(self._joined_strings(pairs))
-        batches = pack_token_ids(
-            ids,
-            pool_lengths,
-            offsets=offsets,
-            max_length=self.max_length,
-            max_tokens_per_batch=max_tokens_per_batch,
-            max_batch_size=batch_size,
+        """encode() on several devices (:mod:`llm2vec_fast.multi_device`): chunks tokenized and
+        packed here on a thread, as on one device, their batches run by one worker process per
+        device as each frees up; the input is read lazily."""
+        stream = isinstance(pairs, _PairStream)
+        n = None if stream else len(pairs)
+        packed = in_background(
+            pack_chunks(
+                self,
+                chunked(pairs, chunk_size, first=2 * batch_size),
+                max_tokens_per_batch,
+                batch_size,
+            )
         )
-        run = functools.partial(run_on_devices, self, devices)
+        items = ((pc.chunk, b) for pc in packed for b in pc.batches)
+        hidden = self.model.config.hidden_size
+        sizes: dict[int, int] = {}
+        parts: dict[int, np.ndarray] = {}
+        per_text: dict[int, torch.Tensor] = {}
+        out = None if stream or tokens_out else torch.empty(n, hidden, dtype=torch.float32)
+        try:
+            for chunk, batch, result in run_on_devices(
+                self, devices, items, show_progress_bar, token_level=tokens_out, total=n
+            ):
+                sizes[chunk.index] = len(chunk.pairs)
+                where = chunk.offset + batch.indices
+                if tokens_out:
+                    per_text.update(zip(where.tolist(), result))
+                elif out is not None:
+                    out[torch.from_numpy(where)] = result
+                else:
+                    if chunk.index not in parts:
+                        parts[chunk.index] = np.empty((len(chunk.pairs), hidden), np.float32)
+                    parts[chunk.index][batch.indices] = result.numpy()
+        finally:
+            packed.close()
+        total = n if n is not None else sum(sizes.values())
+        if not total:
+            raise ValueError("encode() got an empty iterator of sentences")
         if tokens_out:
-            per_text: list = [None] * len(pairs)
-            for batch, token_embs in run(batches, show_progress_bar, token_level=True):
-                for i, e in zip(batch.indices.tolist(), token_embs):
-                    per_text[i] = e.numpy() if convert_to_numpy else e
-            return per_text[0] if single else per_text
-        out = torch.empty(len(pairs), self.model.config.hidden_size, dtype=torch.float32)
-        for batch, emb in run(batches, show_progress_bar):
-            out[torch.from_numpy(batch.indices)] = emb
+            texts = [per_text[i] for i in range(total)]
+            texts = [t.numpy() for t in texts] if convert_to_numpy else texts
+            return texts[0] if single else texts
+        if out is None:
+            out = torch.from_numpy(np.concatenate([parts[i] for i in sorted(parts)]))
         if normalize_embeddings:
             out = F.normalize(out, p=2, dim=1)
         if single:
             out = out[0]
         return out.numpy() if convert_to_numpy else out
-
-    def _encode_batches(
-        self, batches: list[PackedBatch], show_progress_bar: bool, token_level: bool = False
-    ):
-        """Run packed batches; yield ``(batch, float32 CPU embeddings [b, hidden])``, or with
-        ``token_level`` ``(batch, [float32 CPU [n_pooled_i, hidden] per text])``."""
-        from tqdm.auto import tqdm
-
-        device = self._device()
-        total_texts = sum(b.n_texts for b in batches)
-        bar = tqdm(total=total_texts, unit="text", desc="Encoding", disable=not show_progress_bar)
-        tokens, start = 0, time.perf_counter()
-        with torch.inference_mode():
-            for batch in batches:
-                t = batch.to_torch(device)
-                hidden = self._run_model(
-                    t["input_ids"], t["cu_seqlens"], t["position_ids"], batch.max_seqlen
-                )
-                if token_level:
-                    h, keep = hidden.float().cpu(), t["pool_mask"].cpu()
-                    cu = batch.cu_seqlens.tolist()
-                    yield batch, [h[a:b][keep[a:b]] for a, b in zip(cu[:-1], cu[1:])]
-                else:
-                    yield batch, self._pool_to_cpu(hidden, t)
-                tokens += batch.n_tokens
-                bar.update(batch.n_texts)
-                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
-        bar.close()
-
-    def _embed_batch(self, batch: PackedBatch) -> torch.Tensor:
-        """Pooled float32 CPU embeddings ``[b, hidden]`` of one packed batch, in batch order
-        (no normalisation). The batch job's unit of work: it catches out-of-memory here."""
-        with torch.inference_mode():
-            t = batch.to_torch(self._device())
-            hidden = self._run_model(
-                t["input_ids"], t["cu_seqlens"], t["position_ids"], batch.max_seqlen
-            )
-            return self._pool_to_cpu(hidden, t)
-
-    def _pool_to_cpu(self, hidden: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        emb = self._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
-        return emb.float().cpu()
 
     def close_device_pool(self) -> None:
         """End the worker processes that ``encode`` on several devices started (and free the

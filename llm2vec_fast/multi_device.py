@@ -7,11 +7,14 @@ the model itself, from the paths ``LLM2Vec.from_pretrained`` was given.
 
 Division of labour:
 
-- The parent tokenizes and packs the texts into token-budget batches (the same batches a
-  single device would run), puts them on one shared queue, and shows the one progress bar.
+- The parent reads the input lazily, in the same chunks as on one device, tokenizes and packs
+  them on a thread (:mod:`llm2vec_fast.pipeline`), puts the batches on one shared queue (at
+  most a few per worker out at once, so memory stays bounded), and shows the one progress bar.
 - Each worker takes the next batch from the queue as soon as it is free (a faster device takes
-  more batches), runs the model and pooling, and sends the result back with the batch's input
-  positions; the parent writes results into place, so the output is in input order.
+  more batches) and runs its batches through the same pipeline as a single device (the next
+  batch copied to the device while one runs, results copied back one batch late); it sends
+  each result back with the batch's number, and the parent writes it into place, so the
+  output is in input order.
 - The calling process's own model stays where it is, idle: the device it lives on holds that
   copy as well as its worker's (where memory is tight, move it to the CPU and name the
   devices).
@@ -28,16 +31,21 @@ script needs no ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import sys
+import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from llm2vec_fast.pipeline import Chunk, EncodePipeline, PackedChunk
 
 if TYPE_CHECKING:
     from llm2vec_fast.encoder import LLM2Vec
@@ -47,6 +55,9 @@ __all__ = ["DevicePool", "default_devices", "load_fingerprint", "run_on_devices"
 
 # How long the parent waits on the result queue before checking that every worker is alive.
 _POLL_S = 1.0
+# Batches handed out and not yet answered, per worker: one running, one on its way back, the
+# rest queued on the worker's copy stage.
+_IN_FLIGHT_PER_WORKER = 6
 # How long a worker may take to load the model before the parent gives up.
 _START_TIMEOUT_S = 900.0
 
@@ -127,23 +138,49 @@ def _worker(
         out_q.put(("error", rank, None, traceback.format_exc()))
         return
     out_q.put(("ready", rank, None, os.getpid()))
+    stash = [in_q.get()]
     while True:
-        item = in_q.get()
-        if item is None:
+        first = stash.pop()
+        if first is None:
             return
-        job, batch_no, batch, settings = item
+        job, _, _, settings = first
         try:
             model.pooling_mode = settings["pooling_mode"]
             model.skip_instruction = settings["skip_instruction"]
-            token_level = settings["token_level"]
-            ((_, result),) = model._encode_batches([batch], False, token_level=token_level)
-            if token_level:
-                payload: Any = [e.numpy() for e in result]
-            else:
-                payload = result.numpy()
-            out_q.put(("done", rank, job, (batch_no, payload)))
+            stop = threading.Event()
+            pipe = EncodePipeline(
+                model,
+                None,
+                packed=_job_batches(first, in_q, stash, stop),
+                token_level=settings["token_level"],
+                stop=stop,
+            )
+            for res in pipe:
+                out_q.put(("done", rank, job, (res.chunk.meta, res.embeddings)))
         except BaseException:
             out_q.put(("error", rank, job, traceback.format_exc()))
+            return
+
+
+def _job_batches(first, in_q, stash: list, stop: threading.Event) -> Iterator[PackedChunk]:
+    """One job's batches from the queue, each as a chunk of its own (its texts in batch
+    order); ends at another job's first item or None, which it leaves in ``stash``. Runs on
+    the pipeline's tokenize thread, so the next batch is copied to the device while one runs."""
+    item = first
+    while True:
+        job, batch_no, batch, _ = item
+        batch = dataclasses.replace(batch, indices=np.arange(batch.n_texts, dtype=np.int64))
+        # the chunk's pairs only count its texts here: the batch is packed already
+        yield PackedChunk(Chunk(batch_no, 0, [("", "")] * batch.n_texts, meta=batch_no), [batch])
+        while True:
+            try:
+                item = in_q.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if stop.is_set():
+                    return
+        if item is None or item[0] != job:
+            stash.append(item)
             return
 
 
@@ -246,37 +283,54 @@ class DevicePool:
 
     def run(
         self,
-        batches: list[PackedBatch],
+        batches: Iterable[tuple[Any, PackedBatch]],
         settings: dict,
         show_progress_bar: bool,
-    ) -> Iterator[tuple[PackedBatch, Any]]:
-        """Run ``batches`` on the workers; yield ``(batch, result)`` as results arrive (any
-        order): float32 CPU ``[b, hidden]`` tensors, or with ``settings["token_level"]`` lists
-        of float32 CPU ``[n_pooled_i, hidden]`` tensors. Any failure closes the pool."""
+        total: int | None = None,
+    ) -> Iterator[tuple[Any, PackedBatch, Any]]:
+        """Run ``(key, batch)`` items on the workers, read lazily with at most a few batches
+        per worker out at once; yield ``(key, batch, result)`` as results arrive (any order):
+        float32 CPU ``[b, hidden]`` tensors in batch order, or with
+        ``settings["token_level"]`` lists of float32 CPU ``[n_pooled_i, hidden]`` tensors.
+        ``total``: the number of texts, for the progress bar. Any failure closes the pool."""
         from tqdm.auto import tqdm
 
         self._job += 1
         job = self._job
         bar = tqdm(
-            total=sum(b.n_texts for b in batches),
+            total=total,
             unit="text",
             desc=f"Encoding ({len(self.devices)} devices)",
             disable=not show_progress_bar,
         )
         tokens, start = 0, time.perf_counter()
+        limit = _IN_FLIGHT_PER_WORKER * len(self.devices)
+        out: dict[int, tuple[Any, PackedBatch]] = {}
+        items = iter(batches)
+        sent = 0
+        exhausted = False
         try:
-            for batch_no, batch in enumerate(batches):
-                self._in_q.put((job, batch_no, batch, settings))
-            for _ in range(len(batches)):
+            while True:
+                while not exhausted and len(out) < limit:
+                    try:
+                        key, batch = next(items)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    self._in_q.put((job, sent, batch, settings))
+                    out[sent] = (key, batch)
+                    sent += 1
+                if not out:
+                    break
                 _, _, msg_job, (batch_no, payload) = self._get(float("inf"))
                 if msg_job != job:  # cannot happen: a failed job closes the pool
                     raise RuntimeError("encode workers answered for another call")
-                batch = batches[batch_no]
+                key, batch = out.pop(batch_no)
                 if settings["token_level"]:
                     result: Any = [torch.from_numpy(e) for e in payload]
                 else:
                     result = torch.from_numpy(payload)
-                yield batch, result
+                yield key, batch, result
                 tokens += batch.n_tokens
                 bar.update(batch.n_texts)
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
@@ -326,16 +380,16 @@ def close_pools(pools: dict) -> None:
 def run_on_devices(
     encoder: LLM2Vec,
     devices: Sequence[str],
-    batches: list[PackedBatch],
+    batches: Iterable[tuple[Any, PackedBatch]],
     show_progress_bar: bool,
     token_level: bool = False,
-) -> Iterator[tuple[PackedBatch, Any]]:
-    """``encoder._encode_batches`` over worker processes, one per device (see module doc)."""
+    total: int | None = None,
+) -> Iterator[tuple[Any, PackedBatch, Any]]:
+    """Run ``(key, batch)`` items on worker processes, one per device (see module doc); yield
+    ``(key, batch, result)`` in completion order."""
     problem = _rebuild_problem(encoder)
     if problem is not None:
         raise ValueError(f"cannot encode on several devices {list(devices)}: {problem}")
-    if not batches:
-        return
     pools = _pools(encoder)
     key = tuple(devices)
     pool = pools.get(key)
@@ -349,7 +403,7 @@ def run_on_devices(
         "token_level": token_level,
     }
     try:
-        yield from pool.run(batches, settings, show_progress_bar)
+        yield from pool.run(batches, settings, show_progress_bar, total)
     except BaseException:
         pools.pop(key, None)
         raise

@@ -48,7 +48,16 @@ import torch.nn.functional as F
 
 from llm2vec_fast.packing import PackedBatch, pack_token_ids
 
-__all__ = ["Chunk", "ChunkResult", "EncodePipeline", "chunked", "overlap_default"]
+__all__ = [
+    "Chunk",
+    "ChunkResult",
+    "EncodePipeline",
+    "PackedChunk",
+    "chunked",
+    "in_background",
+    "overlap_default",
+    "pack_chunks",
+]
 
 _POLL_S = 0.1  # how often a blocked stage checks whether it should stop
 
@@ -117,6 +126,8 @@ class _Failed:
 
 
 _END = object()
+_IDLE = object()  # nothing arrived in time: the consumer hands out what it holds
+_IDLE_S = 0.002
 
 
 class _Background:
@@ -165,18 +176,28 @@ class _Background:
         return self
 
     def __next__(self):
+        return self.next(None)
+
+    def next(self, idle_after: float | None):
+        """The next item; with ``idle_after`` seconds, :data:`_IDLE` when none came by then."""
         if self._done:
             raise StopIteration
         t0 = time.perf_counter()
         while True:
+            timeout = _POLL_S
+            if idle_after is not None:
+                timeout = min(timeout, max(0.0, t0 + idle_after - time.perf_counter()))
             try:
-                item = self._q.get(timeout=_POLL_S)
+                item = self._q.get(timeout=timeout)
                 break
             except queue.Empty:
                 if self._stop.is_set():
                     raise _Stop from None
                 if not self._thread.is_alive() and self._q.empty():
                     raise RuntimeError("an llm2vec-fast pipeline thread died") from None
+                if idle_after is not None and time.perf_counter() - t0 >= idle_after:
+                    self.wait_s += time.perf_counter() - t0
+                    return _IDLE
         self.wait_s += time.perf_counter() - t0
         if item is _END:
             self._done = True
@@ -207,6 +228,9 @@ class _Inline:
         return self
 
     def __next__(self):
+        return self.next(None)
+
+    def next(self, idle_after: float | None):
         t0 = time.perf_counter()
         try:
             return next(self._source)
@@ -223,7 +247,9 @@ class _Inline:
 
 
 @dataclass
-class _Packed:
+class PackedChunk:
+    """A chunk and its packed batches (the tokenize stage's output)."""
+
     chunk: Chunk
     batches: list[PackedBatch]
 
@@ -260,7 +286,8 @@ class EncodePipeline:
     Args:
         encoder: the :class:`~llm2vec_fast.encoder.LLM2Vec` whose model runs the batches.
         chunks: an iterable of :class:`Chunk` (see :func:`chunked`); consumed lazily, on the
-            tokenize thread.
+            tokenize thread. Or None, and ``packed``: an iterable of :class:`PackedChunk`,
+            batches packed already (consumed lazily on the tokenize thread all the same).
         max_tokens_per_batch, batch_size: the packer's token budget and text limit.
         token_level: hand back each text's token embeddings instead of pooled vectors.
         overlap: run the stages on threads (default: :func:`overlap_default`).
@@ -270,15 +297,17 @@ class EncodePipeline:
             Off: the error propagates.
         run_batch: replaces the model call ``(tensors, batch) -> hidden`` (tests).
         on_batch: called with each finished :class:`PackedBatch` (progress bars).
+        stop: the event set when the pipeline closes (a source that blocks can poll it).
     """
 
     def __init__(
         self,
         encoder,
-        chunks: Iterable[Chunk],
+        chunks: Iterable[Chunk] | None,
         *,
-        max_tokens_per_batch: int,
-        batch_size: int,
+        max_tokens_per_batch: int = 0,
+        batch_size: int = 0,
+        packed: Iterable[PackedChunk] | None = None,
         token_level: bool = False,
         overlap: bool | None = None,
         prefetch_chunks: int = 1,
@@ -286,6 +315,7 @@ class EncodePipeline:
         split_on_oom: bool = False,
         run_batch: Callable | None = None,
         on_batch: Callable[[PackedBatch], None] | None = None,
+        stop: threading.Event | None = None,
     ):
         self.enc = encoder
         self.budget = int(max_tokens_per_batch)
@@ -301,8 +331,15 @@ class EncodePipeline:
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.stats = {"texts": 0, "tokens": 0, "batches": 0, "chunks": 0, "oom_splits": 0}
         self._busy = {"tokenize_s": 0.0, "transfer_s": 0.0}
-        self._stop = threading.Event()
-        packed = self._pack_stage(iter(chunks))
+        self._stop = stop or threading.Event()
+        if (chunks is None) == (packed is None):
+            raise ValueError("give chunks or packed, not both")
+        if chunks is not None:
+            if self.budget <= 0 or self.batch_size <= 0:
+                raise ValueError("max_tokens_per_batch and batch_size must be positive")
+            packed = self._pack_stage(iter(chunks))
+        else:
+            packed = iter(packed)
         if self.overlap:
             self._packed = _Background(packed, prefetch_chunks, self._stop, "tokenize")
             self._ready = _Background(
@@ -316,27 +353,12 @@ class EncodePipeline:
 
     # -- stage 1: tokenize and pack (tokenize thread)
 
-    def _pack_stage(self, chunks: Iterator[Chunk]) -> Iterator[_Packed]:
-        enc = self.enc
-        for chunk in chunks:
-            t0 = time.perf_counter()
-            batches: list[PackedBatch] = []
-            if chunk.pairs:
-                ids, offsets, pool_lengths = enc._token_arrays(enc._joined_strings(chunk.pairs))
-                batches = pack_token_ids(
-                    ids,
-                    pool_lengths,
-                    offsets=offsets,
-                    max_length=enc.max_length,
-                    max_tokens_per_batch=self.budget,
-                    max_batch_size=self.batch_size,
-                )
-            self._busy["tokenize_s"] += time.perf_counter() - t0
-            yield _Packed(chunk, batches)
+    def _pack_stage(self, chunks: Iterator[Chunk]) -> Iterator[PackedChunk]:
+        return pack_chunks(self.enc, chunks, self.budget, self.batch_size, self._busy)
 
     # -- stage 2: host -> device (transfer thread)
 
-    def _transfer_stage(self, packed: Iterable[_Packed]) -> Iterator:
+    def _transfer_stage(self, packed: Iterable[PackedChunk]) -> Iterator:
         for item in packed:
             for batch in item.batches:
                 t0 = time.perf_counter()
@@ -371,40 +393,69 @@ class EncodePipeline:
     # -- stage 3: the model (caller's thread)
 
     def __iter__(self) -> Iterator[ChunkResult]:
-        pending: _Pending | None = None
+        pending: _Pending | None = None  # launched, its result on the way back
+        ended: Chunk | None = None  # ended while its last batch was pending
         results: dict[int, ChunkResult] = {}
+
+        def done(chunk: Chunk) -> ChunkResult:
+            res = results.pop(chunk.index, None) or self._new_result(chunk)
+            self.stats["chunks"] += 1
+            self.stats["texts"] += len(chunk.pairs)
+            return res
+
+        def flush() -> Iterator[ChunkResult]:
+            """Finish the pending batch; hand out the chunk that waited for it."""
+            nonlocal pending, ended
+            if pending is not None:
+                self._finish(pending, results)
+                pending = None
+            if ended is not None:
+                chunk, ended = ended, None
+                yield done(chunk)
+
         try:
-            for item in self._ready:
-                if isinstance(item, _ChunkEnd):
-                    if pending is not None:
-                        self._finish(pending, results)
-                        pending = None
-                    res = results.pop(item.chunk.index, None) or self._new_result(item.chunk)
-                    self.stats["chunks"] += 1
-                    self.stats["texts"] += len(item.chunk.pairs)
-                    yield res
+            while True:
+                try:
+                    # while a result is on its way back, wait only briefly for the next batch:
+                    # a stream that pauses must not hold finished results back
+                    holding = pending is not None or ended is not None
+                    item = self._ready.next(_IDLE_S if holding else None)
+                except StopIteration:
+                    break
+                except _Stop:
+                    raise
+                except Exception:  # a stage failed: hand out what is complete, then raise
+                    yield from flush()
+                    raise
+                if item is _IDLE:
+                    yield from flush()
                     continue
-                res = results.get(item.chunk.index)
-                if res is None:
-                    res = results[item.chunk.index] = self._new_result(item.chunk)
+                if isinstance(item, _ChunkEnd):
+                    if ended is not None:
+                        yield from flush()
+                    if pending is not None and pending.chunk is item.chunk:
+                        ended = item.chunk  # handed out after the next batch is launched
+                    else:
+                        yield done(item.chunk)
+                    continue
+                if item.chunk.index not in results:
+                    results[item.chunk.index] = self._new_result(item.chunk)
                 try:
                     launched = self._launch(item.chunk, item.batch, item.tensors, item.event)
                 except Exception as exc:
                     if not (self.split_on_oom and _is_oom(exc)):
                         raise
-                    if pending is not None:
-                        self._finish(pending, results)
-                        pending = None
-                    batch = item.batch
+                    chunk, batch = item.chunk, item.batch
                     del item, exc  # free the batch's device tensors before retrying
-                    self._split_and_run(res, batch)
+                    yield from flush()
+                    self._split_and_run(results[chunk.index], batch)
                     continue
-                if pending is not None:
-                    self._finish(pending, results)
+                # the device has the new batch queued: now wait for the previous one's result
+                yield from flush()
                 pending = launched
                 if not self.overlap:  # the sequential baseline: nothing in flight
-                    self._finish(pending, results)
-                    pending = None
+                    yield from flush()
+            yield from flush()
         except _Stop:
             pass
         finally:
@@ -524,6 +575,37 @@ class EncodePipeline:
             "input_wait_fraction": wait / wall if wall > 0 else 0.0,
             **self._busy,
         }
+
+
+def pack_chunks(
+    encoder, chunks: Iterable[Chunk], max_tokens_per_batch: int, batch_size: int, busy=None
+) -> Iterator[PackedChunk]:
+    """Each chunk joined (instructions, the doc_max_length cut, prompt wrapping), tokenized
+    and packed into batches; ``busy["tokenize_s"]`` adds up the time spent."""
+    for chunk in chunks:
+        t0 = time.perf_counter()
+        batches: list[PackedBatch] = []
+        if chunk.pairs:
+            joined = encoder._joined_strings(chunk.pairs)
+            ids, offsets, pool_lengths = encoder._token_arrays(joined)
+            batches = pack_token_ids(
+                ids,
+                pool_lengths,
+                offsets=offsets,
+                max_length=encoder.max_length,
+                max_tokens_per_batch=max_tokens_per_batch,
+                max_batch_size=batch_size,
+            )
+        if busy is not None:
+            busy["tokenize_s"] += time.perf_counter() - t0
+        yield PackedChunk(chunk, batches)
+
+
+def in_background(source: Iterator, maxsize: int = 1, name: str = "tokenize"):
+    """``source`` run on a daemon thread, at most ``maxsize`` items ahead; iterate the
+    returned object, and ``close()`` it when done (stops the thread). Errors are raised to the
+    reader."""
+    return _Background(source, maxsize, threading.Event(), name)
 
 
 def split_batch(batch: PackedBatch) -> list[PackedBatch]:

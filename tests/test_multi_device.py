@@ -67,6 +67,22 @@ def test_two_cpu_workers_equal_one_device(model):
     one = model.encode("alpha beta", device=DEVICES, show_progress_bar=False)
     assert_close(one, model.encode("alpha beta", show_progress_bar=False), atol=1e-6, rtol=1e-6)
 
+    # a stream in small chunks: read lazily, batches handed out as workers free up, in order
+    streamed = model.encode(
+        iter(TEXTS), batch_size=2, chunk_size=5, device=DEVICES, show_progress_bar=False
+    )
+    assert_close(streamed, single, atol=1e-6, rtol=1e-6)
+    tok_s = model.encode(
+        (t for t in TEXTS),
+        output_value="token_embeddings",
+        batch_size=3,
+        chunk_size=4,
+        device=DEVICES,
+        show_progress_bar=False,
+    )
+    for a, b in zip(tok_s, tok_1, strict=True):
+        assert_close(a, b, atol=1e-6, rtol=1e-6)
+
     # the pool is kept between calls (same worker processes), and settings follow the encoder
     assert model._device_pools[tuple(DEVICES)] is pool and pool.alive
     model.pooling_mode = "weighted_mean"
