@@ -104,7 +104,10 @@ def gpu_idle_fraction(model: LLM2Vec, texts, mode: str, batch_size: int) -> dict
     spans = sorted(
         (max(e.time_range.start, start), min(e.time_range.end, end))
         for e in events
-        if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
+        if e.device_type == DeviceType.CUDA
+        and e.time_range.end > e.time_range.start
+        and e.name != "bench_encode"  # the annotation's own GPU-side span is not activity
+        and not getattr(e, "is_user_annotation", False)
     )
     busy, cur_a, cur_b = 0.0, None, None
     for a, b in spans:

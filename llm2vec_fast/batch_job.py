@@ -100,7 +100,7 @@ class JobConfig:
     text_column: str = "text"
     id_column: str = "id"
     instruction_column: str = "instruction"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"
 
     def check(self) -> None:
         if self.format not in OUTPUT_FORMATS:
@@ -264,6 +264,7 @@ class ShardEmbedder:
             "hidden_size": self.hidden_size,
             "dim": self.dim,
             "name_or_path": m.name_or_path,
+            "kernels": m._base_model().attn_implementation,
         }
 
     def _run_batch(self, tensors: dict, batch):
@@ -503,6 +504,8 @@ class Job:
         """The loaded model's resolved settings (pooling, lengths, dims) must be those the
         output was started with; the first run records them."""
         if "model_config" in self.manifest:
+            # keys an older version did not record are not compared
+            desc = {k: v for k, v in desc.items() if k in self.manifest["model_config"]}
             if self.manifest["model_config"] != desc:
                 raise JobError(
                     "the model now resolves to different settings than when this output "

@@ -68,6 +68,11 @@ _QWEN_INSTRUCT = ("Qwen/Qwen2-1.5B-Instruct", "Qwen/Qwen2-7B-Instruct")
 # The literal text appended in eos_token mode, by model family.
 _EOS_TEXT = {"llama": " </s>", "mistral": " </s>", "gemma": "<eos>", "qwen2": "<|endoftext|>"}
 
+# Relative L2 error allowed between our kernels and torch's path on the same random input in
+# check_kernels: a few times what two correct implementations differ by through a whole model
+# in that dtype; a wrong kernel is off by O(1).
+_KERNEL_CHECK_TOL = {torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 1e-1}
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -162,7 +167,7 @@ class LLM2Vec(nn.Module):
         base_weights_path: str | os.PathLike | None = None,
         torch_dtype=None,
         device: str | torch.device | None = None,
-        attn_implementation: str = "sdpa",
+        attn_implementation: str = "auto",
         **kwargs,
     ) -> LLM2Vec:
         """Load an encoder from local paths (nothing is downloaded).
@@ -180,8 +185,10 @@ class LLM2Vec(nn.Module):
                 ``base_model_name_or_path`` is a hub id.
             torch_dtype: float32 (default), bfloat16 or float16; a dtype or its name.
             device: where the model lives; default CUDA when available, else CPU.
-            attn_implementation: ``sdpa`` (default), ``eager`` (the plain reference) or
-                ``triton`` (our Triton kernels on CUDA; not yet the default).
+            attn_implementation: ``auto`` (default): our Triton kernels on a CUDA device in
+                float16/bfloat16, once they pass a check against torch on that device (else
+                ``sdpa``, with a warning), ``sdpa`` otherwise; ``sdpa`` (torch SDPA per
+                text), ``eager`` (the plain reference) or ``triton`` (our kernels, unchecked).
             pooling_mode, max_length, doc_max_length, skip_instruction: override
                 ``llm2vec_config.json``.
         """
@@ -217,11 +224,12 @@ class LLM2Vec(nn.Module):
                     )
                 base_dir = gguf_to_safetensors(base_dir)
 
+        auto = attn_implementation == "auto"
         model, name_or_path = _load_base(
             base_dir,
             base_weights_path,
             dtype=dtype,
-            attn_implementation=attn_implementation,
+            attn_implementation="sdpa" if auto else attn_implementation,
             causal=not enable_bidirectional,
         )
 
@@ -259,7 +267,99 @@ class LLM2Vec(nn.Module):
             **config,
         }
         enc._load_fingerprint = load_fingerprint(enc)
+        enc._auto_kernels = auto
+        if auto:
+            enc.select_kernels()
         return enc
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half() ...: an "auto" model chooses its kernels again for where it
+        # now is (a sentence-transformers model loads on the CPU, then moves)
+        out = super()._apply(fn, *args, **kwargs)
+        if self.__dict__.get("_auto_kernels"):
+            self.select_kernels()
+        return out
+
+    def select_kernels(self, *, check_on_cpu: bool = False, recheck: bool = False) -> str:
+        """Choose the model's kernels as ``attn_implementation="auto"`` does; returns the choice.
+
+        On a CUDA device in float16/bfloat16: ``triton`` when our kernels agree with torch's
+        path on this device (:meth:`check_kernels`), else ``sdpa`` with a warning naming the
+        problem. Anywhere else ``sdpa`` (float32 keeps torch's path, the reference precision).
+        ``LLM2VEC_FAST_KERNELS=torch`` forces ``sdpa``. ``check_on_cpu``: run the check on a
+        CPU model too (tests, under ``TRITON_INTERPRET=1``). The choice is kept per device and
+        dtype (moving the model chooses again); ``recheck`` runs the check again anyway."""
+        base = self._base_model()
+        dev, dtype = self._device(), next(base.parameters()).dtype
+        wanted = os.environ.get("LLM2VEC_FAST_KERNELS", "auto").strip().lower()
+        key = (dev, dtype, wanted, check_on_cpu)
+        chosen = self.__dict__.get("_kernel_choice")
+        if chosen is not None and chosen[0] == key and not recheck:  # checked here already
+            base.attn_implementation = chosen[1]
+            return chosen[1]
+        choice = self._choose_kernels(dev, dtype, wanted, check_on_cpu)
+        base.attn_implementation = choice
+        self.__dict__["_kernel_choice"] = (key, choice)
+        return choice
+
+    def _choose_kernels(self, dev, dtype, wanted: str, check_on_cpu: bool) -> str:
+        on_gpu = dev.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+        if wanted in ("torch", "sdpa", "0") or not (on_gpu or check_on_cpu):
+            return "sdpa"
+        problem = self.check_kernels()
+        if problem is not None:
+            import warnings
+
+            warnings.warn(
+                f"llm2vec-fast: the Triton kernels failed their check on {dev} ({problem}); "
+                "running torch's path (attn_implementation='sdpa')",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return "sdpa"
+        return "triton"
+
+    def check_kernels(self, lengths: Sequence[int] = (1, 7, 97, 130, 33)) -> str | None:
+        """Run the model with our Triton kernels and with torch SDPA on random tokens in texts
+        of ``lengths`` (packed together) on its device; None when every text's hidden states
+        and mean pooling agree within the dtype's tolerance, else what went wrong. The model is
+        left on ``sdpa``."""
+        base = self._base_model()
+        dev, dtype = self._device(), next(base.parameters()).dtype
+        tol = _KERNEL_CHECK_TOL.get(dtype, 1e-3)
+        gen = torch.Generator().manual_seed(1234)
+        ids = torch.randint(0, base.config.vocab_size, (sum(lengths),), generator=gen).to(dev)
+        cu_list = np.cumsum([0, *lengths]).tolist()
+        cu = torch.tensor(cu_list, dtype=torch.int32, device=dev)
+        pos = torch.cat([torch.arange(n, dtype=torch.int32) for n in lengths]).to(dev)
+        keep = torch.ones(len(ids), dtype=torch.bool, device=dev)
+        try:
+            with torch.inference_mode():
+                base.attn_implementation = "sdpa"
+                ref = self._run_model(ids, cu, pos, max(lengths)).float()
+                base.attn_implementation = "triton"
+                got = self._run_model(ids, cu, pos, max(lengths)).float()
+                pooled = segment_pool(got, cu, keep, "mean").float()
+                pooled_ref = segment_pool_ref(got, cu, keep, "mean").float()
+        except Exception as exc:  # noqa: BLE001 - reported, and torch's path is kept
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            base.attn_implementation = "sdpa"
+        if not torch.isfinite(got).all():
+            return "non-finite hidden states"
+        for n, a, b in zip(lengths, cu_list[:-1], cu_list[1:]):
+            err = float((got[a:b] - ref[a:b]).norm() / ref[a:b].norm().clamp_min(1e-12))
+            if err > tol:
+                return (
+                    f"hidden states of a {n}-token text differ from torch's by {err:.3g} (rel. L2)"
+                )
+        err = float((pooled - pooled_ref).norm() / pooled_ref.norm().clamp_min(1e-12))
+        if err > tol:
+            return f"mean pooling differs from torch's by {err:.3g} (rel. L2)"
+        return None
+
+    def _base_model(self):
+        return self.model.get_base_model() if _is_peft(self.model) else self.model
 
     # ------------------------------------------------------------------ text preparation
 
@@ -731,7 +831,7 @@ class LLM2Vec(nn.Module):
 
     def _pool(self, hidden, cu_seqlens, pool_mask, input_ids) -> torch.Tensor:
         # the Triton pooling kernel goes with the Triton model path; torch otherwise
-        base = self.model.get_base_model() if _is_peft(self.model) else self.model
+        base = self._base_model()
         pool = segment_pool if base.attn_implementation == "triton" else segment_pool_ref
         mode = self.pooling_mode
         if mode == "bos_token":

@@ -432,3 +432,23 @@ def test_token_embeddings_are_the_hidden_states(llama_dir, skip_instruction):
         model.encode(["a"], output_value="logits")
     with pytest.raises(ValueError, match="sentence embeddings only"):
         model.encode(["a"], output_value="token_embeddings", normalize_embeddings=True)
+
+
+def test_auto_kernels_keep_torch_on_the_cpu(llama_dir, monkeypatch):
+    """attn_implementation="auto" (the default) runs the Triton kernel check on a CUDA device
+    in half precision only (tests/interpret/test_kernel_check.py runs the check itself); on the
+    CPU, or with LLM2VEC_FAST_KERNELS=torch, torch's path is kept without checking."""
+    calls = []
+    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self, *a: calls.append(1))
+    model = LLM2Vec.from_pretrained(llama_dir, device="cpu", torch_dtype="bfloat16")
+    assert model.model.attn_implementation == "sdpa" and not calls
+    assert model._load_args["attn_implementation"] == "auto"
+    model.to("cpu")  # a move chooses again (cached per device and dtype)
+    assert model.model.attn_implementation == "sdpa" and not calls
+    assert model.select_kernels(check_on_cpu=True) == "triton" and calls == [1]  # None: passed
+    monkeypatch.setenv("LLM2VEC_FAST_KERNELS", "torch")
+    assert model.select_kernels(check_on_cpu=True) == "sdpa" and calls == [1]
+    explicit = LLM2Vec.from_pretrained(llama_dir, device="cpu", attn_implementation="eager")
+    assert explicit.model.attn_implementation == "eager"
+    explicit.to("cpu")
+    assert explicit.model.attn_implementation == "eager"

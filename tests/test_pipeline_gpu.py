@@ -98,3 +98,18 @@ def test_token_embeddings_and_streams_on_the_gpu(ckpt):
         atol=1e-4,
         rtol=1e-3,
     )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_auto_chooses_the_triton_kernels_on_a_gpu(ckpt, dtype):
+    """The default attn_implementation="auto": the kernels pass their check against torch on
+    this GPU (no fallback warning) and the encoder runs them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model = LLM2Vec.from_pretrained(ckpt, device="cuda", torch_dtype=dtype)
+    assert model.model.attn_implementation == "triton"
+    assert model.check_kernels() is None
+    fp32 = LLM2Vec.from_pretrained(ckpt, device="cuda")
+    assert fp32.model.attn_implementation == "sdpa"  # float32 keeps torch's path

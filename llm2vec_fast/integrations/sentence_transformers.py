@@ -94,6 +94,8 @@ class LLM2VecModule(InputModule):
         dtype = next(self.llm2vec.model.parameters()).dtype
         base = self.llm2vec.model.get_base_model() if _is_peft(self.llm2vec.model) else None
         attn = getattr(base or self.llm2vec.model, "attn_implementation", "sdpa")
+        if self.llm2vec.__dict__.get("_auto_kernels"):
+            attn = "auto"  # chosen again where the model is loaded
         return {"torch_dtype": _DTYPE_NAMES.get(dtype, "float32"), "attn_implementation": attn}
 
     # ------------------------------------------------------------------ data
@@ -178,7 +180,7 @@ class LLM2VecModule(InputModule):
         return cls(
             str(path),
             torch_dtype=resolve_dtype(config.get("torch_dtype")),
-            attn_implementation=config.get("attn_implementation", "sdpa"),
+            attn_implementation=config.get("attn_implementation", "auto"),
             device="cpu",  # SentenceTransformer moves the whole model to its device
         )
 

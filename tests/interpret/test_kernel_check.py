@@ -1,0 +1,68 @@
+"""``attn_implementation="auto"``'s guard: ``LLM2Vec.check_kernels`` runs the model through our
+Triton kernels (interpreted on the CPU here) and through torch, and names what disagrees; a
+sabotaged kernel makes ``select_kernels`` fall back to torch's path with a warning."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 (its own pytest pass)", allow_module_level=True)
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+
+import llm2vec_fast.encoder as encoder_module  # noqa: E402
+import llm2vec_fast.model as model_module  # noqa: E402
+from llm2vec_fast import LLM2Vec  # noqa: E402
+from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.interpret
+LENGTHS = (1, 7, 13)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("m"), "llama", seed=9)
+    return LLM2Vec.from_pretrained(ckpt, device="cpu")
+
+
+def test_correct_kernels_pass_and_are_chosen(model, monkeypatch):
+    assert model.check_kernels(LENGTHS) is None
+    assert model.model.attn_implementation == "sdpa"  # the check leaves torch's path on
+    real = LLM2Vec.check_kernels
+    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self: real(self, LENGTHS))
+    assert model.select_kernels(check_on_cpu=True, recheck=True) == "triton"
+    assert model.model.attn_implementation == "triton"
+    model.model.attn_implementation = "sdpa"
+
+
+def test_a_wrong_norm_kernel_is_caught(model, monkeypatch):
+    real = model_module.rms_norm
+    monkeypatch.setattr(
+        model_module, "rms_norm", lambda x, w, eps, gemma=False: real(x, w, eps, gemma=gemma) * 1.5
+    )
+    problem = model.check_kernels(LENGTHS)
+    assert problem is not None and "hidden states" in problem
+    real_check = LLM2Vec.check_kernels
+    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self: real_check(self, LENGTHS))
+    with pytest.warns(RuntimeWarning, match="failed their check"):
+        assert model.select_kernels(check_on_cpu=True, recheck=True) == "sdpa"
+    assert model.model.attn_implementation == "sdpa"
+
+
+def test_a_wrong_pooling_kernel_and_a_crash_are_caught(model, monkeypatch):
+    monkeypatch.setattr(
+        encoder_module, "segment_pool", lambda h, cu, m, mode: torch.zeros(len(cu) - 1, h.shape[1])
+    )
+    assert "pooling" in model.check_kernels(LENGTHS)
+    monkeypatch.undo()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(model_module, "rms_norm", broken)
+    assert "no kernel image" in model.check_kernels(LENGTHS)
+    assert model.model.attn_implementation == "sdpa"
