@@ -745,6 +745,8 @@ class LLM2Vec(nn.Module):
             batch_size=batch_size,
             token_level=token_level,
             on_batch=progress if show_progress_bar else None,
+            # a list that fits in one batch has nothing to overlap: no threads (~1 ms a call)
+            overlap=False if total is not None and total <= batch_size else None,
         )
         try:
             yield from pipe
