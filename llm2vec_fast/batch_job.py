@@ -325,8 +325,9 @@ class ShardEmbedder:
             pipe.close()
 
     def embed_shard(self, outdir: Path, index: int, records: list[Record]) -> dict:
-        """Embed one shard and write its files; returns its manifest entry."""
-        (entry,) = self.embed_shards(outdir, [(index, records)], overlap=False)
+        """Embed one shard and write its files; returns its manifest entry (its batches are
+        still copied ahead of the model, its results copied back one batch late)."""
+        (entry,) = self.embed_shards(outdir, [(index, records)])
         return entry
 
     def _write_shard(self, outdir: Path, res: ChunkResult, t0: float) -> dict:
