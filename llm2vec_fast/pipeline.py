@@ -82,7 +82,7 @@ class ChunkResult:
     """A finished chunk: its embeddings in chunk order and what it took.
 
     ``embeddings`` is float32 ``[n, hidden]`` (rows of texts in ``failed`` are NaN), or for
-    token-level output a list of float32 ``[n_pooled_i, hidden]`` arrays.
+    token-level output a list of float32 ``[n_pooled_i, hidden]`` arrays (None where failed).
     """
 
     chunk: Chunk
@@ -533,7 +533,10 @@ class EncodePipeline:
             _free_device_cache()
             if batch.n_texts == 1:
                 res.failed.append(int(batch.indices[0]))
-                res.embeddings[batch.indices] = np.nan
+                if self.token_level:
+                    res.embeddings[int(batch.indices[0])] = None
+                else:
+                    res.embeddings[batch.indices] = np.nan
                 continue
             res.oom_splits += 1
             self.stats["oom_splits"] += 1
