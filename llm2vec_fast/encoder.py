@@ -21,6 +21,7 @@ a bug we do the sensible thing instead, and say so (README, "Differences from ll
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -52,7 +53,13 @@ from llm2vec_fast.multi_device import (
     run_on_devices,
 )
 from llm2vec_fast.packing import PackedBatch
-from llm2vec_fast.pipeline import EncodePipeline, chunked, in_background, pack_chunks
+from llm2vec_fast.pipeline import (
+    ChunkResult,
+    EncodePipeline,
+    chunked,
+    in_background,
+    pack_chunks,
+)
 from llm2vec_fast.tokenizer import for_hf_tokenizer
 
 SEP = "!@#$%^&*()"
@@ -618,33 +625,16 @@ class LLM2Vec(nn.Module):
             self.to(_check_device(device))
         self.eval()
 
-        if devices is not None:
-            return self._encode_on_devices(
-                pairs,
-                single,
-                devices,
-                batch_size,
-                max_tokens_per_batch,
-                chunk_size,
-                show_progress_bar,
-                convert_to_numpy,
-                normalize_embeddings,
-                tokens_out,
-            )
         stream = isinstance(pairs, _PairStream)
         n = None if stream else len(pairs)
-        pipe = self._pipeline(
-            pairs,
-            batch_size,
-            max_tokens_per_batch,
-            chunk_size,
-            show_progress_bar,
-            n,
+        run = self._pipeline if devices is None else functools.partial(self._on_devices, devices)
+        results = run(
+            pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n,
             token_level=tokens_out,
-        )
+        )  # fmt: skip
         if tokens_out:
             per_text: list = []
-            for res in pipe:
+            for res in results:
                 per_text.extend(
                     e if convert_to_numpy else torch.from_numpy(e) for e in res.embeddings
                 )
@@ -652,16 +642,15 @@ class LLM2Vec(nn.Module):
                 raise ValueError("encode() got an empty iterator of sentences")
             return per_text[0] if single else per_text
         if stream:
-            parts = [torch.from_numpy(res.embeddings) for res in pipe]
+            parts = [torch.from_numpy(res.embeddings) for res in results]
             if not parts:
                 raise ValueError("encode() got an empty iterator of sentences")
             out = torch.cat(parts)
         else:
             out = torch.empty(n, self.model.config.hidden_size, dtype=torch.float32)
-            for res in pipe:
-                out[res.chunk.offset : res.chunk.offset + len(res.chunk.pairs)] = torch.from_numpy(
-                    res.embeddings
-                )
+            for res in results:
+                rows = slice(res.chunk.offset, res.chunk.offset + len(res.chunk.pairs))
+                out[rows] = torch.from_numpy(res.embeddings)
         if normalize_embeddings:
             out = F.normalize(out, p=2, dim=1)
         if single:
@@ -755,68 +744,58 @@ class LLM2Vec(nn.Module):
             bar.close()
             self.last_encode_stats = pipe.summary()
 
-    def _encode_on_devices(
-        self,
-        pairs,
-        single,
-        devices,
-        batch_size,
-        max_tokens_per_batch,
-        chunk_size,
-        show_progress_bar,
-        convert_to_numpy,
-        normalize_embeddings,
-        tokens_out,
-    ):
-        """encode() on several devices (:mod:`llm2vec_fast.multi_device`): chunks tokenized and
-        packed here on a thread, as on one device, their batches run by one worker process per
-        device as each frees up; the input is read lazily."""
-        stream = isinstance(pairs, _PairStream)
-        n = None if stream else len(pairs)
+    def _on_devices(
+        self, devices, pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar,
+        total, token_level=False,
+    ) -> Iterator[ChunkResult]:  # fmt: skip
+        """:meth:`_pipeline` over several devices (:mod:`llm2vec_fast.multi_device`): chunks
+        tokenized and packed here on a thread, as on one device, their batches run by one
+        worker process per device as each frees up; each chunk handed out, in input order, once
+        all its batches are back."""
         packed = in_background(
             pack_chunks(
-                self,
-                chunked(pairs, chunk_size, first=2 * batch_size),
-                max_tokens_per_batch,
+                self, chunked(pairs, chunk_size, first=2 * batch_size), max_tokens_per_batch,
                 batch_size,
             )
-        )
-        items = ((pc.chunk, b) for pc in packed for b in pc.batches)
-        hidden = self.model.config.hidden_size
-        sizes: dict[int, int] = {}
-        parts: dict[int, np.ndarray] = {}
-        per_text: dict[int, torch.Tensor] = {}
-        out = None if stream or tokens_out else torch.empty(n, hidden, dtype=torch.float32)
+        )  # fmt: skip
+        # every chunk passes through here before its batches, so chunks without texts (none
+        # come from chunked()) and the order of completion can be tracked
+        open_chunks: dict[int, ChunkResult] = {}
+        missing: dict[int, int] = {}
+
+        def items():
+            for pc in packed:
+                n = len(pc.chunk.pairs)
+                open_chunks[pc.chunk.index] = ChunkResult(
+                    pc.chunk,
+                    [None] * n
+                    if token_level
+                    else np.empty((n, self.model.config.hidden_size), np.float32),
+                )
+                missing[pc.chunk.index] = n
+                for b in pc.batches:
+                    yield pc.chunk, b
+
+        next_index = 0
         try:
             for chunk, batch, result in run_on_devices(
-                self, devices, items, show_progress_bar, token_level=tokens_out, total=n
+                self, devices, items(), show_progress_bar, token_level=token_level, total=total
             ):
-                sizes[chunk.index] = len(chunk.pairs)
-                where = chunk.offset + batch.indices
-                if tokens_out:
-                    per_text.update(zip(where.tolist(), result))
-                elif out is not None:
-                    out[torch.from_numpy(where)] = result
+                res = open_chunks[chunk.index]
+                if token_level:
+                    for i, e in zip(batch.indices.tolist(), result):
+                        res.embeddings[i] = e.numpy()
                 else:
-                    if chunk.index not in parts:
-                        parts[chunk.index] = np.empty((len(chunk.pairs), hidden), np.float32)
-                    parts[chunk.index][batch.indices] = result.numpy()
+                    res.embeddings[batch.indices] = result.numpy()
+                res.tokens += batch.n_tokens
+                res.batches += 1
+                missing[chunk.index] -= batch.n_texts
+                while missing.get(next_index) == 0:  # hand out finished chunks in order
+                    del missing[next_index]
+                    yield open_chunks.pop(next_index)
+                    next_index += 1
         finally:
             packed.close()
-        total = n if n is not None else sum(sizes.values())
-        if not total:
-            raise ValueError("encode() got an empty iterator of sentences")
-        if tokens_out:
-            texts = [per_text[i] for i in range(total)]
-            texts = [t.numpy() for t in texts] if convert_to_numpy else texts
-            return texts[0] if single else texts
-        if out is None:
-            out = torch.from_numpy(np.concatenate([parts[i] for i in sorted(parts)]))
-        if normalize_embeddings:
-            out = F.normalize(out, p=2, dim=1)
-        if single:
-            out = out[0]
-        return out.numpy() if convert_to_numpy else out
 
     def close_device_pool(self) -> None:
         """End the worker processes that ``encode`` on several devices started (and free the
