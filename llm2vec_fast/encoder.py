@@ -614,20 +614,9 @@ class LLM2Vec(nn.Module):
         max_tokens_per_batch = self._check_batch_args(batch_size, max_tokens_per_batch)
         if convert_to_tensor:
             convert_to_numpy = False
-        devices = None
-        if isinstance(device, (list, tuple)):
-            devices = check_devices(device)
-            if len(devices) == 1:
-                device, devices = devices[0], None
-        elif device is None:
-            devices = default_devices(self)
-        if device is not None and devices is None:
-            self.to(_check_device(device))
-        self.eval()
-
+        run = self._runner(device)
         stream = isinstance(pairs, _PairStream)
         n = None if stream else len(pairs)
-        run = self._pipeline if devices is None else functools.partial(self._on_devices, devices)
         results = run(
             pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n,
             token_level=tokens_out,
@@ -667,6 +656,7 @@ class LLM2Vec(nn.Module):
         normalize_embeddings: bool = False,
         max_tokens_per_batch: int | None = None,
         chunk_size: int = 16384,
+        device: str | torch.device | Sequence[str | torch.device] | None = None,
     ):
         """Embed a stream of texts chunk by chunk, in bounded memory.
 
@@ -676,18 +666,32 @@ class LLM2Vec(nn.Module):
         per chunk of at most ``chunk_size`` texts (the first ones smaller), in input order: the
         rows of all chunks together are the embeddings of the input, in order. An invalid item
         raises ``TypeError`` naming its position once the chunks before it are handed out.
+        ``device``: as in :meth:`encode` (a list runs one worker process per device).
         """
         max_tokens_per_batch = self._check_batch_args(batch_size, max_tokens_per_batch)
         pairs = _iter_pairs(sentences)
-        self.eval()
+        run = self._runner(device)
         n = len(pairs) if isinstance(pairs, list) else None
-        for res in self._pipeline(
-            pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n
-        ):
+        for res in run(pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n):
             out = torch.from_numpy(res.embeddings)
             if normalize_embeddings:
                 out = F.normalize(out, p=2, dim=1)
             yield out if convert_to_tensor else out.numpy()
+
+    def _runner(self, device):
+        """:meth:`_pipeline` here, or :meth:`_on_devices` for several devices (see ``device``
+        in :meth:`encode`); moves the model when one device is named."""
+        devices = None
+        if isinstance(device, (list, tuple)):
+            devices = check_devices(device)
+            if len(devices) == 1:
+                device, devices = devices[0], None
+        elif device is None:
+            devices = default_devices(self)
+        if device is not None and devices is None:
+            self.to(_check_device(device))
+        self.eval()
+        return self._pipeline if devices is None else functools.partial(self._on_devices, devices)
 
     def _check_batch_args(self, batch_size, max_tokens_per_batch) -> int:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:

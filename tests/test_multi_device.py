@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
@@ -82,6 +83,9 @@ def test_two_cpu_workers_equal_one_device(model):
     )
     for a, b in zip(tok_s, tok_1, strict=True):
         assert_close(a, b, atol=1e-6, rtol=1e-6)
+    blocks = list(model.encode_iter(iter(TEXTS), batch_size=2, chunk_size=8, device=DEVICES))
+    assert [len(b) for b in blocks] == [4, 8, 8, 8, 8, 7]  # in input order, chunk by chunk
+    assert_close(torch.from_numpy(np.concatenate(blocks)), single, atol=1e-6, rtol=1e-6)
 
     # the pool is kept between calls (same worker processes), and settings follow the encoder
     assert model._device_pools[tuple(DEVICES)] is pool and pool.alive
