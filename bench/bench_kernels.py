@@ -19,6 +19,16 @@ Then ``rms_norm``, ``gated_act``, ``apply_rope`` and ``segment_pool`` (mean) (fo
 forward+backward) against their eager PyTorch references at H 4096 / I 11008 / 32+8 heads of
 D 128 / H 4096 over the same batch.
 
+Then attention at equal lengths 128, 512 and 2048 (MHA 32 heads, D 128, about 16k tokens:
+128 x 128, 32 x 512, 8 x 2048) against the same baselines (cuDNN SDPA among them), the issue's
+"0.9x cuDNN's TFLOP/s forward" comparison.
+
+Floors: the run also measures this GPU's bf16 matmul rate (``torch.matmul`` 8192^3) and copy
+bandwidth (``copy_`` of 1 GiB, read + write); every row gets ``floor_ms`` (its FLOPs over the
+matmul rate, or its bytes over the bandwidth, whichever is larger) and ``of_floor`` (floor over
+time: 1.0 is the hardware's limit). ``--plot`` writes a PNG of the times next to the JSON when
+matplotlib is installed (it is not a dependency of the project).
+
 Times: ``triton.testing.do_bench`` (CUDA events, warm-up first, inputs fixed), the median and the
 20th/80th percentiles in ms. TFLOP/s counts the useful attention FLOPs only (``4 sum(L_i^2) Hq D``
 forward, 2.5x that backward, flash-attention's convention), also for the padded baselines, so
@@ -99,6 +109,75 @@ def _meta() -> dict:
         "python": platform.python_version(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def equal_lengths(length: int, total: int = 16_384) -> list:
+    """``total // length`` texts of ``length`` tokens (at least one)."""
+    return [length] * max(1, total // length)
+
+
+def hardware_rates(dtype) -> dict:
+    """This GPU's measured matmul rate (TFLOP/s, ``dtype`` 8192^3) and copy bandwidth (GB/s,
+    1 GiB read and written), the denominators of the floors."""
+    n = 8192
+
+    def matmul_ms() -> float:
+        a = torch.randn(n, n, device=DEVICE, dtype=dtype)
+        b = torch.randn(n, n, device=DEVICE, dtype=dtype)
+        return _bench(lambda: torch.matmul(a, b))[0]
+
+    def copy_ms() -> float:
+        src = torch.empty(2**30, dtype=torch.uint8, device=DEVICE)
+        dst = torch.empty_like(src)
+        return _bench(lambda: dst.copy_(src))[0]
+
+    mm, cp = matmul_ms(), copy_ms()
+    return {
+        "matmul_tflops": 2.0 * n**3 / mm / 1e9,
+        "copy_gbps": 2.0 * 2**30 / cp / 1e6,
+        "matmul_shape": [n, n, n],
+        "copy_bytes": 2**30,
+    }
+
+
+def add_floors(rows: list, rates: dict) -> None:
+    """``floor_ms`` and ``of_floor`` on each row from its FLOPs or bytes and the measured
+    rates (see the module docstring)."""
+    for r in rows:
+        ms = r["ms_median"]
+        floors = []
+        if r.get("tflops") is not None:
+            floors.append(r["tflops"] * ms / rates["matmul_tflops"])  # flops / rate, in ms
+        if r.get("gbps") is not None:
+            floors.append(r["gbps"] * ms / rates["copy_gbps"])
+        if floors:
+            r["floor_ms"] = max(floors)
+            r["of_floor"] = r["floor_ms"] / ms
+
+
+def plot(rows: list, path: Path) -> bool:
+    """A bar chart of the median times per (op, config, pass), one bar per implementation;
+    False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["config_name"], r["pass"]), []).append(r)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.2 * len(groups)), squeeze=False)
+    for ax, ((op, name, pass_), rs) in zip(axes[:, 0], groups.items()):
+        ax.barh([r["impl"] for r in rs], [r["ms_median"] for r in rs])
+        ax.set_title(f"{op} {name} {pass_}", fontsize=9)
+        ax.set_xlabel("ms (median)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -391,7 +470,7 @@ def _row(op, name, impl, pass_, ms, flops, nbytes, config, meta, max_abs_err=Non
 def print_table(rows) -> None:
     print(
         f"\n{'op':<10} {'config':<17} {'impl':<27} {'pass':<8} {'ms':>8} {'p20-p80':>15} "
-        f"{'TFLOP/s':>8} {'GB/s':>7} {'vs ours':>8}"
+        f"{'TFLOP/s':>8} {'GB/s':>7} {'vs ours':>8} {'of floor':>8}"
     )
     ours = {
         (r["op"], r["config_name"], r["pass"]): r["ms_median"]
@@ -406,9 +485,12 @@ def print_table(rows) -> None:
         print(
             f"{r['op']:<10} {r['config_name']:<17} {r['impl']:<27} {r['pass']:<8} "
             f"{r['ms_median']:>8.3f} {r['ms_p20']:>7.3f}-{r['ms_p80']:<7.3f} {tf:>8} {gb:>7} "
-            f"{speed:>8}"
+            f"{speed:>8} {r['of_floor'] if 'of_floor' in r else float('nan'):>8.2f}"
         )
-    print("(vs ours: the row's time over ours-triton's; > 1 means ours is faster)")
+    print(
+        "(vs ours: the row's time over ours-triton's; > 1 means ours is faster. of floor: the "
+        "floor from the measured matmul rate or copy bandwidth over the row's time)"
+    )
 
 
 def main(argv=None) -> int:
@@ -419,6 +501,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles: ~1 min)")
+    p.add_argument("--no-equal", action="store_true", help="skip the equal-length attention runs")
+    p.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     p.add_argument("--texts", type=int, default=103)
     p.add_argument("--tokens", type=int, default=16_800)
     p.add_argument("--max-len", type=int, default=512)
@@ -455,14 +539,35 @@ def main(argv=None) -> int:
             hq, hkv, d = ATTENTION_CONFIGS[name]
             bench_attention(name, hq, hkv, d, lengths, dtype, args.no_flex, meta, rows, notes)
             print(f"  attention {name}: done", flush=True)
+        if not args.no_equal:
+            hq, hkv, d = ATTENTION_CONFIGS["mha32-d128"]
+            for length in (128, 512, 2048):
+                name = f"mha32-d128-eq{length}"
+                bench_attention(
+                    name, hq, hkv, d, equal_lengths(length), dtype, args.no_flex, meta, rows, notes
+                )
+                print(f"  attention {name}: done", flush=True)
     if args.only in (None, "elementwise"):
         bench_elementwise(len(lengths), sum(lengths), max(lengths), dtype, meta, rows)
+    rates = hardware_rates(dtype)
+    add_floors(rows, rates)
+    print(
+        f"measured: {rates['matmul_tflops']:.0f} TFLOP/s matmul ({args.dtype}), "
+        f"{rates['copy_gbps']:.0f} GB/s copy",
+        flush=True,
+    )
 
     slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
     out = args.out or RESULTS / f"kernels-{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"lengths": lengths, "notes": notes, "rows": rows}, indent=1) + "\n")
+    out.write_text(
+        json.dumps({"lengths": lengths, "rates": rates, "notes": notes, "rows": rows}, indent=1)
+        + "\n"
+    )
     print_table(rows)
+    if args.plot:
+        png = out.with_suffix(".png")
+        print(f"wrote {png}" if plot(rows, png) else "no plot: matplotlib is not installed")
     for n in notes:
         print("note:", n)
     errs = [
