@@ -94,6 +94,25 @@ PRESETS = {
         "bos_token_id": 1,
         "eos_token_id": 2,
     },
+    # mistralai/Mistral-7B-Instruct-v0.2's shape (GQA 32/8, MLP 14336)
+    "mistral-7b": {
+        "model_type": "mistral",
+        "architectures": ["MistralForCausalLM"],
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 14336,
+        "vocab_size": 32000,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-5,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
     # the embedded default's shape (SmolLM2-135M), random weights
     "smollm2-135m": {},
 }
