@@ -103,8 +103,22 @@ std::vector<std::string_view> utf8_views(py::handle texts, py::object& keep) {
   std::vector<std::string_view> views(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* item = PyTuple_GET_ITEM(tup, i);
+    if (PyBytes_Check(item)) {  // UTF-8 bytes: checked strictly, then read in place
+      char* data = nullptr;
+      Py_ssize_t len = 0;
+      if (PyBytes_AsStringAndSize(item, &data, &len) != 0) throw py::error_already_set();
+      PyObject* decoded = PyUnicode_DecodeUTF8(data, len, "strict");
+      if (decoded == nullptr) {
+        py::error_already_set err;  // UnicodeDecodeError, with the byte position
+        throw py::value_error("texts[" + std::to_string(i) +
+                              "] is not valid UTF-8: " + std::string(err.what()));
+      }
+      Py_DECREF(decoded);
+      views[static_cast<size_t>(i)] = std::string_view(data, static_cast<size_t>(len));
+      continue;
+    }
     if (!PyUnicode_Check(item))
-      throw py::type_error("texts[" + std::to_string(i) + "] must be a str, got " +
+      throw py::type_error("texts[" + std::to_string(i) + "] must be a str or UTF-8 bytes, got " +
                            std::string(Py_TYPE(item)->tp_name));
     Py_ssize_t len = 0;
     const char* data = PyUnicode_AsUTF8AndSize(item, &len);

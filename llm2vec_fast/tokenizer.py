@@ -381,9 +381,10 @@ class Tokenizer:
         return int(max_length), truncation_side == "left"
 
     def encode(self, text: str, add_special_tokens: bool = True, **kwargs: Any) -> list[int]:
-        """The ids of one text (keyword arguments as :meth:`encode_batch`)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        """The ids of one text, a str or UTF-8 bytes (keyword arguments as
+        :meth:`encode_batch`)."""
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"text must be a str or UTF-8 bytes, got {type(text).__name__}")
         return self.encode_batch([text], add_special_tokens, num_threads=1, **kwargs)[0]
 
     def encode_batch(
@@ -397,7 +398,8 @@ class Tokenizer:
     ) -> list[list[int]]:
         """The ids of each text, as HF ``Tokenizer.encode_batch(...)[i].ids``.
 
-        ``max_length`` truncates (special tokens included, as ``transformers`` with
+        A text is a str or UTF-8 bytes; bytes that are not valid UTF-8 (and a str with lone
+        surrogates) raise ``ValueError`` naming the text's index. ``max_length`` truncates (special tokens included, as ``transformers`` with
         ``truncation=True``); None uses the file's own truncation, if any.
         """
         limit, left = self._limits(max_length, truncation_side)

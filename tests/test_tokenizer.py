@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import pathlib
 import random
 import re
@@ -392,13 +393,50 @@ def test_generators_and_bad_inputs():
     assert ours.encode("") == []
     with pytest.raises(TypeError, match="single str"):
         ours.encode_batch("abc")
-    with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str or UTF-8 bytes"):
         ours.encode_batch(["a", 3])
+    # UTF-8 bytes are read as their text; invalid UTF-8 is refused, naming the input
+    text = "naïve 😀 数字"
+    assert ours.encode_batch([text.encode(), text]) == [hf.encode(text).ids] * 2
+    assert ours.encode(text.encode()) == hf.encode(text).ids
+    for bad in (b"\xff", b"ok \xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80"):
+        with pytest.raises(ValueError, match=r"texts\[2\] is not valid UTF-8"):
+            ours.encode_batch(["fine", b"fine", bad])
     # lone surrogates cannot be UTF-8: refused cleanly (HF refuses them too)
     with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
         ours.encode_batch(["fine", "bad \ud800 text"])
     with pytest.raises(Exception):  # noqa: B017 (HF raises its own error type)
         hf.encode("bad \ud800 text")
+
+
+def test_repeated_calls_keep_memory_flat():
+    """Many batches through every entry point, errors included: no crash, and the process's
+    resident memory stays flat once the word caches are warm."""
+    ours, _ = pair("smollm2")
+    texts = gensim_texts()[:300]
+    joined = [f"Represent this {SEP}{t}" for t in texts[:100]]
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def rounds(n: int) -> None:
+        for _ in range(n):
+            ours.encode_batch(texts, max_length=128)
+            ours.encode_batch_arrays(texts)
+            ours.count_tokens(texts, add_special_tokens=False)
+            ours.encode_pooled(joined, SEP, max_length=64)
+            ours.doc_cut(texts[:100], 20, max_length=64)
+            with pytest.raises(ValueError, match="not valid UTF-8"):
+                ours.encode_batch(["a", b"\xff"])
+            with pytest.raises(TypeError):
+                ours.encode_batch(["a", None])
+
+    rounds(5)
+    start = rss_mb()
+    rounds(60)
+    grown = rss_mb() - start
+    assert grown < 20, f"resident memory grew {grown:.1f} MB over 60 rounds"
 
 
 @pytest.mark.parametrize("name", ["smollm2", "mistral", "sp_legacy"])
