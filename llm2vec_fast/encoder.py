@@ -668,15 +668,21 @@ class LLM2Vec(nn.Module):
         raises ``TypeError`` naming its position once the chunks before it are handed out.
         ``device``: as in :meth:`encode` (a list runs one worker process per device).
         """
+        # checked now, not at the first next(): a wrong argument fails at the call
         max_tokens_per_batch = self._check_batch_args(batch_size, max_tokens_per_batch)
         pairs = _iter_pairs(sentences)
         run = self._runner(device)
         n = len(pairs) if isinstance(pairs, list) else None
-        for res in run(pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n):
-            out = torch.from_numpy(res.embeddings)
-            if normalize_embeddings:
-                out = F.normalize(out, p=2, dim=1)
-            yield out if convert_to_tensor else out.numpy()
+        results = run(pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n)
+
+        def blocks():
+            for res in results:
+                out = torch.from_numpy(res.embeddings)
+                if normalize_embeddings:
+                    out = F.normalize(out, p=2, dim=1)
+                yield out if convert_to_tensor else out.numpy()
+
+        return blocks()
 
     def _runner(self, device):
         """:meth:`_pipeline` here, or :meth:`_on_devices` for several devices (see ``device``

@@ -90,6 +90,10 @@ def test_generators_stream_and_equal_lists(model):
         assert_close(a, b, atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="empty iterator"):
         model.encode(iter([]))
+    with pytest.raises(ValueError, match="batch_size"):  # at the call, not at the first next()
+        model.encode_iter(texts, batch_size=0)
+    with pytest.raises(TypeError, match="sentence 1 is None"):
+        model.encode_iter(["a", None])
     assert_no_threads_left()
 
 
