@@ -405,23 +405,10 @@ class LLM2Vec(nn.Module):
         )
         return [len(ids) for ids in enc["input_ids"]]
 
-    def _cut_to_doc_max_length(self, text: str, n_tokens: int) -> str:
-        """The official word-based cut: while over doc_max_length tokens, keep
-        ``int(words * doc_max_length / tokens)`` words."""
-        while n_tokens > self.doc_max_length:
-            words = text.split()
-            text = " ".join(words[: int(len(words) * (self.doc_max_length / n_tokens))])
-            n_tokens = self._token_counts([text])[0]
-        return text
-
     def _convert_to_str(self, instruction: str, text: str) -> str:
         """``instruction.strip() + " " + SEP + text`` (``SEP + text`` without instruction),
         after the doc_max_length cut."""
-        return self._join(instruction, text, self._token_counts([text])[0])
-
-    def _join(self, instruction: str, text: str, n_tokens: int) -> str:
-        text = self._cut_to_doc_max_length(text, n_tokens)
-        return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
+        return _join(instruction, self._cut_texts([text])[0])
 
     def _joined_strings(self, pairs: list[tuple[str, str]]) -> list[str]:
         """:meth:`_convert_to_str` then :meth:`prepare_for_tokenization` for many pairs: the
@@ -429,10 +416,7 @@ class LLM2Vec(nn.Module):
         of batched counts (the same strings as the official loop, text by text)."""
         texts = self._cut_texts([t for _, t in pairs])
         prepare = self.prepare_for_tokenization
-        return [
-            prepare(f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}")
-            for (instruction, _), text in zip(pairs, texts)
-        ]
+        return [prepare(_join(instruction, text)) for (instruction, _), text in zip(pairs, texts)]
 
     def _cut_texts(self, texts: list[str]) -> list[str]:
         """Each text after the official doc_max_length cut."""
@@ -873,6 +857,11 @@ class LLM2Vec(nn.Module):
         if save_config:
             with open(out / LLM2VEC_CONFIG, "w", encoding="utf-8") as f:
                 json.dump({k: getattr(self, k) for k in ENCODER_ARGS}, f, indent=4)
+
+
+def _join(instruction: str, text: str) -> str:
+    """The official joining: ``instruction.strip() + " " + SEP + text``, or ``SEP + text``."""
+    return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
 
 
 def _abspath(path) -> str | None:

@@ -117,8 +117,9 @@ def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
     llama_dir, seed, cpp, monkeypatch
 ):
     """_joined_strings cuts all long texts at once (in C++ threads, or in Python rounds of
-    batched counts with HF's tokenizer); the official code loops per text (_convert_to_str):
-    the strings must be identical, several rounds included."""
+    batched counts with HF's tokenizer); llm2vec 0.2.3's _convert_to_str loops per text, as
+    written out here over the HF tokenizer: the strings must be identical, several rounds
+    included."""
     import random
 
     monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)
@@ -132,8 +133,24 @@ def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
         text = "".join(rng.choice(words) + rng.choice(spaces) for _ in range(n))
         pairs.append((rng.choice(["", "Classify"]), text))
     model = LLM2Vec.from_pretrained(llama_dir, max_length=64, doc_max_length=6, device="cpu")
-    expected = [model.prepare_for_tokenization(model._convert_to_str(i, t)) for i, t in pairs]
+    tok = model.tokenizer
+
+    def official(instruction, text):  # llm2vec 0.2.3 LLM2Vec._convert_to_str
+        def n_tokens(t):
+            ids = tok(t, truncation=True, max_length=64, add_special_tokens=False)["input_ids"]
+            return len(ids)
+
+        n = n_tokens(text)
+        while n > 6:
+            text = " ".join(text.split()[: int(len(text.split()) * (6 / n))])
+            n = n_tokens(text)
+        return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
+
+    expected = [model.prepare_for_tokenization(official(i, t)) for i, t in pairs]
     assert model._joined_strings(pairs) == expected
+    assert [model._convert_to_str(i, t) for i, t in pairs[:10]] == [
+        official(i, t) for i, t in pairs[:10]
+    ]
 
 
 def test_bos_token_pooling(bos_dir, llama_dir):
