@@ -267,7 +267,6 @@ class _Ready:
 @dataclass
 class _ChunkEnd:
     chunk: Chunk
-    n_batches: int
 
 
 @dataclass
@@ -337,7 +336,7 @@ class EncodePipeline:
         if chunks is not None:
             if self.budget <= 0 or self.batch_size <= 0:
                 raise ValueError("max_tokens_per_batch and batch_size must be positive")
-            packed = self._pack_stage(iter(chunks))
+            packed = pack_chunks(encoder, chunks, self.budget, self.batch_size, self._busy)
         else:
             packed = iter(packed)
         if self.overlap:
@@ -351,11 +350,6 @@ class EncodePipeline:
         self._t0 = time.perf_counter()
         self._closed = False
 
-    # -- stage 1: tokenize and pack (tokenize thread)
-
-    def _pack_stage(self, chunks: Iterator[Chunk]) -> Iterator[PackedChunk]:
-        return pack_chunks(self.enc, chunks, self.budget, self.batch_size, self._busy)
-
     # -- stage 2: host -> device (transfer thread)
 
     def _transfer_stage(self, packed: Iterable[PackedChunk]) -> Iterator:
@@ -365,7 +359,7 @@ class EncodePipeline:
                 tensors, event = self._to_device(batch)
                 self._busy["transfer_s"] += time.perf_counter() - t0
                 yield _Ready(item.chunk, batch, tensors, event)
-            yield _ChunkEnd(item.chunk, len(item.batches))
+            yield _ChunkEnd(item.chunk)
 
     def _to_device(self, batch: PackedBatch) -> tuple[dict, Any]:
         if not self.cuda:

@@ -640,6 +640,12 @@ def assert_close_2x(out, ref, ref64, atol: float, rtol: float, what: str = "outp
     )
 
 
+def resident_memory_mb() -> float:
+    """This process's resident memory in MiB (Linux ``/proc/self/statm``): leak tests."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def tensors_sha256(path: str | os.PathLike) -> str:
     """A hash of a safetensors file's tensors (names, dtypes, shapes, bytes), not of its
     metadata: peft versions differ in what they write there."""

@@ -5,7 +5,6 @@ exits stop the threads, out-of-memory splits."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import threading
 
@@ -17,7 +16,7 @@ from torch.testing import assert_close
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.packing import pack_token_ids
 from llm2vec_fast.pipeline import Chunk, EncodePipeline, chunked, split_batch
-from llm2vec_fast.testing import make_tiny_checkpoint
+from llm2vec_fast.testing import make_tiny_checkpoint, resident_memory_mb
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
 
@@ -278,10 +277,6 @@ def test_repeated_calls_leak_neither_threads_nor_memory(model):
     """Many encode() calls, streams broken off early included: the pipeline's threads end with
     each call and the process's resident memory stays flat."""
 
-    def rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
     texts = random_texts(64, 5)
 
     def rounds(n):
@@ -293,8 +288,10 @@ def test_repeated_calls_leak_neither_threads_nor_memory(model):
 
     rounds(10)  # warm-up: allocator pools, tokenizer caches, tqdm's monitor thread
     before_threads = threading.active_count()
-    start = rss_mb()
+    start = resident_memory_mb()
     rounds(40)
     assert_no_threads_left()
     assert threading.active_count() == before_threads
-    assert rss_mb() - start < 25, f"resident memory grew {rss_mb() - start:.1f} MB over 40 rounds"
+    assert resident_memory_mb() - start < 25, (
+        f"resident memory grew {resident_memory_mb() - start:.1f} MB over 40 rounds"
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 import pathlib
 import random
 import re
@@ -28,6 +27,7 @@ from llm2vec_fast.testing import (
     _QWEN2_NORMALIZER,
     _QWEN2_PRE_TOKENIZER,
     mistral_tokenizer_json,
+    resident_memory_mb,
     smollm2_tokenizer_json,
 )
 from llm2vec_fast.tokenizer import (
@@ -416,10 +416,6 @@ def test_repeated_calls_keep_memory_flat():
     texts = gensim_texts()[:300]
     joined = [f"Represent this {SEP}{t}" for t in texts[:100]]
 
-    def rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
     def rounds(n: int) -> None:
         for _ in range(n):
             ours.encode_batch(texts, max_length=128)
@@ -433,9 +429,9 @@ def test_repeated_calls_keep_memory_flat():
                 ours.encode_batch(["a", None])
 
     rounds(5)
-    start = rss_mb()
+    start = resident_memory_mb()
     rounds(60)
-    grown = rss_mb() - start
+    grown = resident_memory_mb() - start
     assert grown < 20, f"resident memory grew {grown:.1f} MB over 60 rounds"
 
 
