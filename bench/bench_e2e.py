@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -38,22 +37,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_pipeline import mixed_texts  # noqa: E402
 from bench_training import gensim_data, random_checkpoint, read_articles  # noqa: E402
+from bench_vs_official import run_official  # noqa: E402
 
 from llm2vec_fast import LLM2Vec  # noqa: E402
-
-
-def run_official(python: str, args: list[str]) -> dict:
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [python, str(HERE / "official_runner.py"), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    return json.loads(proc.stdout)
 
 
 def ours(model_dir: Path, texts: list[str], dtype: str, device: str, repeats: int) -> dict:
@@ -131,12 +117,12 @@ def main() -> None:
     ratio = None
     if not args.skip_official:
         out = run_official(
-            args.official_python,
             [
                 "--throughput", "--model", str(model_dir), "--texts", str(texts_file),
                 "--batch-sizes", args.official_batch_sizes, "--torch-dtype", args.dtype,
                 "--device", args.device, "--repeats", str(args.repeats),
             ],
+            python=args.official_python,
         )  # fmt: skip
         for r in out["results"]:
             rows.append({"impl": "official-llm2vec", **r})

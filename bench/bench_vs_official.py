@@ -92,10 +92,11 @@ def setup_official() -> None:
         subprocess.run(["bash", str(HERE / "setup_official_env.sh")], check=True)
 
 
-def run_official(args: list[str]) -> dict:
+def run_official(args: list[str], python: str | Path = OFFICIAL_PY) -> dict:
+    """official_runner.py with ``args`` in the official environment's ``python``; its JSON."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [str(OFFICIAL_PY), str(HERE / "official_runner.py"), *args],
+        [str(python), str(HERE / "official_runner.py"), *args],
         check=True,
         capture_output=True,
         text=True,
