@@ -37,34 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_pipeline import mixed_texts  # noqa: E402
 from bench_training import gensim_data, random_checkpoint, read_articles  # noqa: E402
-from bench_vs_official import run_official  # noqa: E402
-
-from llm2vec_fast import LLM2Vec  # noqa: E402
-
-
-def ours(model_dir: Path, texts: list[str], dtype: str, device: str, repeats: int) -> dict:
-    model = LLM2Vec.from_pretrained(model_dir, torch_dtype=dtype, device=device)
-    ids, _ = model._token_ids(model._joined_strings([("", t) for t in texts]))
-    tokens = sum(len(x) for x in ids)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    model.encode(texts, show_progress_bar=False)  # warm-up: kernels compiled, caches filled
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        model.encode(texts, show_progress_bar=False)
-        sync()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    return {
-        "impl": "llm2vec-fast",
-        "kernels": model.model.attn_implementation,
-        "tokens": tokens,
-        "seconds": best,
-        "all_seconds": times,
-        "tokens_per_s": tokens / best,
-        "input_wait_fraction": model.last_encode_stats["input_wait_fraction"],
-    }
+from bench_vs_official import ours_throughput, run_official  # noqa: E402
 
 
 def main() -> None:
@@ -105,7 +78,7 @@ def main() -> None:
     print(f"{device_name}: {tag} {args.dtype}, {len(texts)} texts", flush=True)
 
     rows = []
-    mine = ours(model_dir, texts, args.dtype, args.device, args.repeats)
+    mine = ours_throughput(model_dir, texts, args.dtype, args.repeats, device=args.device)
     rows.append(mine)
     print(
         f"llm2vec-fast ({mine['kernels']}): {mine['tokens_per_s']:,.0f} tokens/s "
