@@ -61,7 +61,7 @@ def _registered(name: str) -> bool:
 
 
 def _dispatchers():
-    # imported lazily: kernels/__init__.py may import this module at its end
+    # imported lazily: llm2vec_fast/kernels.py imports this module at its end
     from llm2vec_fast import kernels
 
     return kernels

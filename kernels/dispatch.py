@@ -1,9 +1,8 @@
-"""Kernels of llm2vec-fast, each beside its PyTorch reference.
+"""The device dispatchers of the kernels that have more than one backend.
 
-Public entry points dispatch on the device: the Triton kernel for CUDA tensors (and for CPU
-tensors under ``TRITON_INTERPRET=1``), the PyTorch reference otherwise, so the library works,
-and is tested, without a GPU. Each kernel module holds its ``@triton.jit`` kernels, launchers,
-autograd.Function and ``<op>_ref``.
+CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``) run the Triton kernels; other
+tensors run the PyTorch references (torch SDPA for attention), so the library works, and is
+tested, without a GPU. Re-exported by :mod:`llm2vec_fast.kernels`.
 """
 
 from __future__ import annotations
@@ -13,28 +12,11 @@ import contextlib
 import torch
 
 from ._launch import INTERPRET, use_triton
-from .attention import varlen_attention_ref, varlen_attention_sdpa
+from .attention import varlen_attention_sdpa
 from .flash_varlen import _splitmix64, flash_varlen_attention
-from .glu import gated_act, gated_act_ref
-from .pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
-from .rms_norm import rms_norm, rms_norm_ref
-from .rope import apply_rope, rope_ref
+from .pooling import segment_pool_ref, segment_pool_triton
 
-__all__ = [
-    "POOLING_MODES",
-    "apply_rope",
-    "flash_varlen_attention",
-    "gated_act",
-    "gated_act_ref",
-    "rms_norm",
-    "rms_norm_ref",
-    "rope_ref",
-    "segment_pool",
-    "segment_pool_ref",
-    "varlen_attention",
-    "varlen_attention_ref",
-    "varlen_attention_sdpa",
-]
+__all__ = ["segment_pool", "varlen_attention"]
 
 
 def varlen_attention(
@@ -102,9 +84,3 @@ def segment_pool(
     if use_triton(hidden):
         return segment_pool_triton(hidden, cu_seqlens, pool_mask, mode)
     return segment_pool_ref(hidden, cu_seqlens, pool_mask, mode)
-
-
-# registers torch.ops.llm2vec_fast.* (custom ops with fake and autograd) for torch.compile
-from . import ops  # noqa: E402
-
-__all__ += ["ops"]

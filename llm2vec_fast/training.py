@@ -8,16 +8,29 @@ supervised contrastive training, on llm2vec-fast's packed encoder, LoRA through 
 or ``llm2vec-fast train mntp|simcse|supervised --data ... --output ...``. The outputs are PEFT
 adapter directories with ``llm2vec_config.json``, loaded by ``LLM2Vec.from_pretrained(base,
 peft_model_name_or_path=[mntp_dir, simcse_dir])`` here and in the official library.
+
+The modules live in the repository's top-level folder ``training/``, which has no
+``__init__.py`` so that it can never stand in for an installed package named ``training``; this
+module makes itself the package by pointing ``__path__`` at that folder (as
+:mod:`llm2vec_fast.kernels` does, which says why).
 """
 
-from llm2vec_fast.training.data import DataError, mntp_mask, pack
-from llm2vec_fast.training.losses import (
+from pathlib import Path as _Path
+
+_here = _Path(__file__).resolve().parent
+__path__ = [str(p) for p in (_here / "training", _here.parent / "training") if p.is_dir()][:1]
+if not __path__:
+    raise ImportError(f"llm2vec_fast.training: no training folder beside {_here}")
+
+
+from llm2vec_fast.training.data import DataError, mntp_mask, pack  # noqa: E402
+from llm2vec_fast.training.losses import (  # noqa: E402
     contrastive_loss,
     cos_sim,
     linear_cross_entropy,
     mntp_loss,
 )
-from llm2vec_fast.training.trainer import OBJECTIVES, TrainConfig, build_model, train
+from llm2vec_fast.training.trainer import OBJECTIVES, TrainConfig, build_model, train  # noqa: E402
 
 __all__ = [
     "OBJECTIVES",

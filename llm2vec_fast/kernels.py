@@ -1,0 +1,57 @@
+"""Kernels of llm2vec-fast, each beside its PyTorch reference: the package ``llm2vec_fast.kernels``.
+
+Public entry points dispatch on the device: the Triton kernel for CUDA tensors (and for CPU
+tensors under ``TRITON_INTERPRET=1``), the PyTorch reference otherwise, so the library works,
+and is tested, without a GPU. Each kernel module holds its ``@triton.jit`` kernels, launchers,
+autograd.Function and ``<op>_ref``.
+
+Why this file is a module and not ``kernels/__init__.py``: the kernel modules live in the
+repository's top-level folder ``kernels/``, which has no ``__init__.py`` on purpose. A folder
+without one is only a namespace portion, and Python's import system lets any regular package
+of the same name found later on ``sys.path`` win over it, so running from the repository root
+(where ``sys.path[0]`` is that root) can never make ``import kernels`` find our folder instead of
+an installed distribution's ``kernels`` (Hugging Face's, which transformers imports). This
+module makes itself the package by setting ``__path__`` to that folder: in an installed wheel
+the modules sit beside it in ``llm2vec_fast/kernels/``; in a source checkout (editable install)
+they are the repository's ``kernels/``. ``tests/test_import_shadowing.py`` guards both.
+"""
+
+from pathlib import Path as _Path
+
+_here = _Path(__file__).resolve().parent
+# the installed wheel's folder beside this file first, then the source checkout's top-level one
+__path__ = [str(p) for p in (_here / "kernels", _here.parent / "kernels") if p.is_dir()][:1]
+if not __path__:
+    raise ImportError(f"llm2vec_fast.kernels: no kernels folder beside {_here}")
+
+from llm2vec_fast.kernels.attention import varlen_attention_ref, varlen_attention_sdpa  # noqa: E402
+from llm2vec_fast.kernels.dispatch import segment_pool, varlen_attention  # noqa: E402
+from llm2vec_fast.kernels.flash_varlen import flash_varlen_attention  # noqa: E402
+from llm2vec_fast.kernels.glu import gated_act, gated_act_ref  # noqa: E402
+from llm2vec_fast.kernels.pooling import (  # noqa: E402
+    POOLING_MODES,
+    segment_pool_ref,
+)
+from llm2vec_fast.kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
+from llm2vec_fast.kernels.rope import apply_rope, rope_ref  # noqa: E402
+
+__all__ = [
+    "POOLING_MODES",
+    "apply_rope",
+    "flash_varlen_attention",
+    "gated_act",
+    "gated_act_ref",
+    "rms_norm",
+    "rms_norm_ref",
+    "rope_ref",
+    "segment_pool",
+    "segment_pool_ref",
+    "varlen_attention",
+    "varlen_attention_ref",
+    "varlen_attention_sdpa",
+]
+
+# registers torch.ops.llm2vec_fast.* (custom ops with fake and autograd) for torch.compile
+from llm2vec_fast.kernels import ops  # noqa: E402
+
+__all__ += ["ops"]
