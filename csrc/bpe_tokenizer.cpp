@@ -1398,6 +1398,7 @@ void Tokenizer::run_batch(const std::vector<std::string_view>& texts, BatchMode 
             if (count > opts.doc_max_length) {
               std::vector<std::string_view> words;
               split_words(text, words);
+              const size_t n_words = words.size();
               std::string& cut = out.cut[i];
               while (count > opts.doc_max_length) {
                 // Python: int(len(words) * (doc_max_length / n)), in doubles
@@ -1413,6 +1414,40 @@ void Tokenizer::run_batch(const std::vector<std::string_view>& texts, BatchMode 
                 cut.swap(joined);
                 // `words` view the original text, which is still alive; the cut text's words
                 // are its first words
+                encode_into(cut, opts, *ws, ids);
+                count = static_cast<int64_t>(ids.size());
+              }
+              if (cut.empty() && n_words > 0) {
+                // llm2vec-fast's one deviation from the official cut, which empties a
+                // non-blank text (a long "word": a line without spaces): a prefix of the
+                // text, in whole code points, within doc_max_length tokens. Found by
+                // doubling a prefix of doc_max_length code points while it fits, then
+                // bisecting (the Python fallback, llm2vec_fast.tokenizer.prefix_search,
+                // probes the same lengths): it fits, and one more code point would not.
+                const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+                std::vector<size_t> at;  // byte offset of each code point, then the end
+                for (size_t b = 0; b < text.size(); b += utf8_len(s[b])) at.push_back(b);
+                at.push_back(text.size());
+                const size_t size = at.size() - 1;
+                const int64_t limit = opts.doc_max_length;
+                auto fits = [&](size_t m) {
+                  encode_into(text.substr(0, at[m]), opts, *ws, ids);
+                  return static_cast<int64_t>(ids.size()) <= limit;
+                };
+                size_t lo = 0;
+                size_t hi = std::min(size, static_cast<size_t>(std::max<int64_t>(limit, 1)));
+                while (hi < size && fits(hi)) {
+                  lo = hi;
+                  hi = std::min(size, 2 * hi);
+                }
+                while (hi - lo > 1) {
+                  const size_t mid = lo + (hi - lo) / 2;
+                  if (fits(mid))
+                    lo = mid;
+                  else
+                    hi = mid;
+                }
+                cut.assign(text.data(), at[lo]);
                 encode_into(cut, opts, *ws, ids);
                 count = static_cast<int64_t>(ids.size());
               }

@@ -112,8 +112,11 @@ enum class BatchMode : int {
   DocCut = 4,  // the official llm2vec doc_max_length cut (EncodeOptions::doc_max_length):
                // n = the count (capped at max_length); while n > doc_max_length keep the
                // first int(words * (doc_max_length / n)) words of Python's str.split(),
-               // joined by one space, and count again. counts = the final n; cut[i] = the
-               // cut text and was_cut[i] = 1 when the text changed.
+               // joined by one space, and count again. Where that empties a non-blank text
+               // (no spaces: a single long "word"), a prefix of the text within
+               // doc_max_length tokens instead (llm2vec-fast's deviation; see run_batch).
+               // counts = the final n; cut[i] = the cut text and was_cut[i] = 1 when the
+               // text changed.
 };
 
 struct BatchResult {

@@ -276,6 +276,7 @@ offsets int64 [n+1], counts int64 [n]).)doc")
            py::kw_only(), py::arg("max_length") = -1, py::arg("truncate_left") = false,
            py::arg("num_threads") = 0,
            R"doc(The official llm2vec doc_max_length cut of each text (no special tokens, counts
-capped at max_length): (final counts int64 [n], the cut texts, None where not cut).)doc")
+capped at max_length), except that a non-blank text it would empty is cut to a prefix within
+doc_max_length tokens: (final counts int64 [n], the cut texts, None where not cut).)doc")
       .def("n_special", &PyTokenizer::n_special, py::arg("add_special_tokens") = true);
 }

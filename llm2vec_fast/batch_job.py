@@ -16,7 +16,10 @@ or a changed input refuses with the list of differences instead of mixing shards
 
 Rows that cannot be embedded (not a string, empty or blank, invalid unicode, a broken JSON line,
 a text that does not fit in memory even alone) go to ``errors.jsonl`` (row, id, reason) and the
-job goes on; the shard files hold only the embedded rows, with their ids.
+job goes on; the shard files hold only the embedded rows, with their ids. Rows embedded although
+no token of their text is pooled (it tokenizes to nothing, or nothing of it fits in
+``doc_max_length`` tokens: the vector does not depend on the text) are kept and listed in
+``warnings.jsonl`` (row, id, reason; the shards' ``warnings`` in the manifest).
 
 Several devices (``devices=["cuda:0", "cuda:1"]`` or ``"all"``): one worker process per device
 loads the model itself and embeds disjoint shards; the parent reads the input, hands out shards
@@ -61,6 +64,12 @@ from llm2vec_fast.pipeline import Chunk, ChunkResult, EncodePipeline
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
+WARNINGS = "warnings.jsonl"
+EMPTY_POOLED = (
+    "embedded, but its pooled span is empty: no token of the text is pooled (it tokenizes to "
+    "nothing, or nothing of it fits in doc_max_length tokens), so the vector does not depend "
+    "on the text"
+)
 MANIFEST_FORMAT = "llm2vec-fast-embeddings/1"
 
 # Test hooks (environment variables), used by the test suite to simulate faults:
@@ -337,6 +346,7 @@ class ShardEmbedder:
         for i in sorted(failed):
             errors.append(_error(keep[i], "out of memory even as a batch of one"))
         errors.sort(key=lambda e: e["row"])
+        warned = [_error(keep[i], EMPTY_POOLED) for i in res.chunk.empty_pooled if i not in failed]
         good = [i for i in range(len(keep)) if i not in failed]
         emb = np.ascontiguousarray(res.embeddings[good], dtype=np.float32)
         if self.config.truncate_dim is not None:
@@ -357,6 +367,8 @@ class ShardEmbedder:
             "n_embedded": len(ids),
             "n_errors": len(errors),
             "errors": errors,
+            "n_warnings": len(warned),
+            "warnings": warned,
             "files": files,
             "device": self.device,
             "tokens": res.tokens,
@@ -691,6 +703,7 @@ def _totals(manifest: dict) -> dict:
         "shards_done": len(shards),
         "embedded": sum(s["n_embedded"] for s in shards),
         "errors": sum(s["n_errors"] for s in shards),
+        "warnings": sum(s.get("n_warnings", 0) for s in shards),
         "oom_splits": sum(s["oom_splits"] for s in shards),
     }
 
@@ -801,11 +814,13 @@ class _Runner:
 
 
 def _write_errors(outdir: Path, manifest: dict) -> None:
-    lines = [
-        json.dumps(e, ensure_ascii=False) for s in manifest["shards"] for e in s.get("errors", [])
-    ]
-    data = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
-    atomic_write(outdir / ERRORS, lambda f: f.write(data))
+    """errors.jsonl and warnings.jsonl: the manifest's shard entries, in row order."""
+    for name, key in ((ERRORS, "errors"), (WARNINGS, "warnings")):
+        lines = [
+            json.dumps(e, ensure_ascii=False) for s in manifest["shards"] for e in s.get(key, [])
+        ]
+        data = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
+        atomic_write(outdir / name, lambda f, data=data: f.write(data))
 
 
 # ---------------------------------------------------------------------------------- reading

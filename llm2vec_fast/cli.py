@@ -133,13 +133,20 @@ def _embed_job(args: argparse.Namespace, out: Path) -> int:
         show_progress_bar=not args.quiet,
     )
     if s.get("already_complete"):
-        print(f"{out}: already complete ({s['embedded']} embedded, {s['errors']} errors)")
+        warned = f", {s['warnings']} warnings" if s.get("warnings") else ""
+        print(f"{out}: already complete ({s['embedded']} embedded, {s['errors']} errors{warned})")
         return 0
     rate = s["tokens_this_run"] / max(s["seconds"], 1e-9)
     line = (
         f"{s['shards_done']}/{s['shards']} shards in {out}: {s['embedded']} texts embedded, "
         f"{s['errors']} errors"
         + (f" (see {out / 'errors.jsonl'})" if s["errors"] else "")
+        + (
+            f", {s['warnings']} warnings (embedded, but nothing of the text pooled: see "
+            f"{out / 'warnings.jsonl'})"
+            if s.get("warnings")
+            else ""
+        )
         + f"; this run {s['seconds']:.1f}s, {rate:,.0f} tokens/s"
         + (f", {s['oom_splits']} out-of-memory splits" if s["oom_splits"] else "")
     )

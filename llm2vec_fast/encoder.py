@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -60,7 +61,7 @@ from llm2vec_fast.pipeline import (
     in_background,
     pack_chunks,
 )
-from llm2vec_fast.tokenizer import for_hf_tokenizer
+from llm2vec_fast.tokenizer import for_hf_tokenizer, token_cut
 
 SEP = "!@#$%^&*()"
 LLM2VEC_POOLING_MODES = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token")
@@ -126,7 +127,9 @@ class LLM2Vec(nn.Module):
         tokenizer: a transformers tokenizer (fast).
         pooling_mode: ``mean``, ``weighted_mean``, ``eos_token``, ``last_token`` or ``bos_token``.
         max_length: token limit of a sequence (instruction + text); longer ones are cut on the right.
-        doc_max_length: a text over this many tokens is first cut to fewer words (official rule).
+        doc_max_length: a text over this many tokens is first cut to fewer words (official rule);
+            where that would leave nothing of a non-blank text (no spaces: a Japanese line,
+            base64), to a prefix within this many tokens instead (a deviation, README).
         skip_instruction: pool the text's tokens only; the instruction is attended to, not pooled.
         name_or_path: the checkpoint's ``_name_or_path`` (selects the official prompt wrapping).
     """
@@ -419,7 +422,10 @@ class LLM2Vec(nn.Module):
         return [prepare(_join(instruction, text)) for (instruction, _), text in zip(pairs, texts)]
 
     def _cut_texts(self, texts: list[str]) -> list[str]:
-        """Each text after the official doc_max_length cut."""
+        """Each text after the official doc_max_length cut; where that empties a non-blank
+        text (no spaces: one long "word"), cut by tokens instead, a deviation from llm2vec
+        0.2.3 (:meth:`llm2vec_fast.tokenizer.Tokenizer.doc_cut`), the same with either
+        tokenizer."""
         fast = for_hf_tokenizer(self.tokenizer)
         if fast is not None:
             _, cut = fast.doc_cut(
@@ -434,6 +440,7 @@ class LLM2Vec(nn.Module):
         # In rounds over all the texts still too long; each text is split once (the words of
         # " ".join(words[:k]) are words[:k]).
         words = {i: texts[i].split() for i in over}
+        source = {i: texts[i] for i in over if words[i]}  # the non-blank ones, uncut
         while over:
             for i in over:
                 words[i] = words[i][: int(len(words[i]) * (self.doc_max_length / counts[i]))]
@@ -441,6 +448,10 @@ class LLM2Vec(nn.Module):
             for i, n in zip(over, self._token_counts([texts[i] for i in over])):
                 counts[i] = n
             over = [i for i in over if counts[i] > self.doc_max_length]
+        emptied = [i for i in source if not words[i]]
+        cuts = token_cut([source[i] for i in emptied], self.doc_max_length, self._token_counts)
+        for i, cut in zip(emptied, cuts):
+            texts[i] = cut
         return texts
 
     @staticmethod
@@ -579,7 +590,9 @@ class LLM2Vec(nn.Module):
                 copied to the device and the next chunk is tokenized on other threads.
 
         The counts and timings of the call (tokens, batches, ``input_wait_fraction``: the share
-        of wall time the model waited for input) are left in ``last_encode_stats``.
+        of wall time the model waited for input) are left in ``last_encode_stats``. A non-blank
+        text of which no token is pooled (it tokenizes to nothing, or nothing of it fits in
+        ``doc_max_length`` tokens) is embedded all the same, with a ``UserWarning`` naming it.
 
         Returns:
             ``[n, hidden]`` float32, or ``[hidden]`` for a single string; for token
@@ -605,25 +618,33 @@ class LLM2Vec(nn.Module):
             pairs, batch_size, max_tokens_per_batch, chunk_size, show_progress_bar, n,
             token_level=tokens_out,
         )  # fmt: skip
+        empty: list[int] = []  # non-blank texts with an empty pooled span (warned about)
         if tokens_out:
             per_text: list = []
             for res in results:
+                empty += _empty_pooled_texts(res.chunk)
                 per_text.extend(
                     e if convert_to_numpy else torch.from_numpy(e) for e in res.embeddings
                 )
+            _warn_empty_pooled(empty)
             if not per_text:
                 raise ValueError("encode() got an empty iterator of sentences")
             return per_text[0] if single else per_text
         if stream:
-            parts = [torch.from_numpy(res.embeddings) for res in results]
+            parts = []
+            for res in results:
+                empty += _empty_pooled_texts(res.chunk)
+                parts.append(torch.from_numpy(res.embeddings))
             if not parts:
                 raise ValueError("encode() got an empty iterator of sentences")
             out = torch.cat(parts)
         else:
             out = torch.empty(n, self.model.config.hidden_size, dtype=torch.float32)
             for res in results:
+                empty += _empty_pooled_texts(res.chunk)
                 rows = slice(res.chunk.offset, res.chunk.offset + len(res.chunk.pairs))
                 out[rows] = torch.from_numpy(res.embeddings)
+        _warn_empty_pooled(empty)
         if normalize_embeddings:
             out = F.normalize(out, p=2, dim=1)
         if single:
@@ -661,6 +682,7 @@ class LLM2Vec(nn.Module):
 
         def blocks():
             for res in results:
+                _warn_empty_pooled(_empty_pooled_texts(res.chunk))
                 out = torch.from_numpy(res.embeddings)
                 if normalize_embeddings:
                     out = F.normalize(out, p=2, dim=1)
@@ -857,6 +879,27 @@ class LLM2Vec(nn.Module):
         if save_config:
             with open(out / LLM2VEC_CONFIG, "w", encoding="utf-8") as f:
                 json.dump({k: getattr(self, k) for k in ENCODER_ARGS}, f, indent=4)
+
+
+def _empty_pooled_texts(chunk) -> list[int]:
+    """Input positions of the chunk's non-blank texts whose pooled span came out empty."""
+    return [chunk.offset + i for i in chunk.empty_pooled if chunk.pairs[i][1].strip()]
+
+
+def _warn_empty_pooled(indices: list[int]) -> None:
+    """A warning naming (at most five of) the inputs whose pooled span is empty (a blank text
+    is the caller's choice, embedded as the official library does, silently)."""
+    if not indices:
+        return
+    n = len(indices)
+    shown = ", ".join(map(str, indices[:5])) + (", ..." if n > 5 else "")
+    warnings.warn(
+        f"llm2vec_fast: {n} non-blank text{'s have' if n > 1 else ' has'} an empty pooled "
+        f"span (input {shown}): no token of the text is pooled (it tokenizes to nothing, or "
+        "nothing of it fits in doc_max_length tokens), so its embedding does not depend on it",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _join(instruction: str, text: str) -> str:

@@ -75,6 +75,9 @@ class Chunk:
     offset: int
     pairs: list[tuple[str, str]]
     meta: Any = None  # carried through untouched (the batch job's shard records)
+    # set by pack_chunks: the items whose pooled span is empty (no token of the text is pooled:
+    # it tokenizes to nothing, or nothing of it is left after the doc_max_length cut)
+    empty_pooled: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -585,6 +588,7 @@ def pack_chunks(
         if chunk.pairs:
             joined = encoder._joined_strings(chunk.pairs)
             ids, offsets, pool_lengths = encoder._token_arrays(joined)
+            chunk.empty_pooled = _empty_pooled(ids, offsets, pool_lengths, encoder.max_length)
             batches = pack_token_ids(
                 ids,
                 pool_lengths,
@@ -596,6 +600,19 @@ def pack_chunks(
         if busy is not None:
             busy["tokenize_s"] += time.perf_counter() - t0
         yield PackedChunk(chunk, batches)
+
+
+def _empty_pooled(ids, offsets, pool_lengths, max_length: int) -> list[int]:
+    """The texts whose pooled span is empty, as the packer will mark it: the last
+    ``min(pool_length, length)`` tokens of each (truncated) sequence."""
+    if offsets is None:
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    else:
+        lengths = np.diff(np.asarray(offsets, dtype=np.int64))
+    if max_length > 0:
+        lengths = np.minimum(lengths, max_length)
+    pooled = np.minimum(np.asarray(pool_lengths, dtype=np.int64), lengths)
+    return np.flatnonzero(pooled <= 0).tolist()
 
 
 def in_background(source: Iterator, maxsize: int = 1, name: str = "tokenize"):

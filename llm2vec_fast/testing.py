@@ -677,3 +677,40 @@ def make_published_layout(
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(base / f, d / f)
     return d
+
+
+def reference_doc_cut(count, text: str, doc_max_length: int) -> tuple[str, int, str]:
+    """The doc_max_length cut written out plainly, one text at a time (tests' reference).
+
+    ``count(s)`` is the number of tokens of ``s`` alone (no special tokens, truncated at
+    max_length). First llm2vec 0.2.3's ``_convert_to_str`` loop: while over the limit, keep
+    ``int(len(words) * (doc_max_length / n))`` of ``text.split()`` and count again. Where
+    that empties a non-blank text (a single long "word": a line without spaces), the
+    deviation instead: a prefix of the text, in whole code points, found by doubling a
+    prefix of ``doc_max_length`` code points while its count stays within the limit, then
+    bisecting; its count is within the limit and one more code point would exceed it.
+
+    Returns (the cut text, its count, how: ``""`` not cut, ``"words"`` the official cut,
+    ``"tokens"`` the deviation).
+    """
+    n = count(text)
+    if n <= doc_max_length:
+        return text, n, ""
+    cut = text
+    while n > doc_max_length:
+        words = cut.split()
+        cut = " ".join(words[: int(len(words) * (doc_max_length / n))])
+        n = count(cut)
+    if cut or not text.split():
+        return cut, n, "words"
+    size = len(text)
+    lo, hi = 0, min(size, max(doc_max_length, 1))
+    while hi < size and count(text[:hi]) <= doc_max_length:
+        lo, hi = hi, min(size, 2 * hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count(text[:mid]) <= doc_max_length:
+            lo = mid
+        else:
+            hi = mid
+    return text[:lo], count(text[:lo]), "tokens"

@@ -29,7 +29,7 @@ import json
 import os
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -497,8 +497,12 @@ class Tokenizer:
 
         For each text: ``n`` = its token count (no special tokens, capped at ``max_length``);
         while ``n > doc_max_length``, keep the first ``int(len(words) * (doc_max_length / n))``
-        of its ``str.split()`` words joined by single spaces, and count again. Returns the
-        final counts (int64 ``[n]``) and the cut texts (None where a text was not cut).
+        of its ``str.split()`` words joined by single spaces, and count again. Where that
+        empties a non-blank text (no spaces: one long "word" such as a Japanese line, base64
+        or minified code), the text is cut by tokens instead, a deviation from llm2vec 0.2.3:
+        the prefix :func:`prefix_search` finds, within ``doc_max_length`` tokens (empty only
+        when its first code point alone is over the limit). Returns the final counts (int64
+        ``[n]``) and the cut texts (None where a text was not cut).
         """
         limit, left = self._limits(max_length, truncation_side)
         return self._tok.doc_cut(
@@ -511,6 +515,56 @@ class Tokenizer:
 
     def _threads(self, num_threads: int | None) -> int:
         return int(self.num_threads if num_threads is None else num_threads)
+
+
+def prefix_search(text: str, limit: int) -> Generator[int, int, int]:
+    """The token cut of one text (where the official word cut would empty it), as a
+    generator: it yields prefix lengths in code points, is sent each prefix's token count,
+    and returns the length to keep (``StopIteration.value``).
+
+    A prefix of ``limit`` code points doubles while its count stays ``<= limit``; then the
+    last prefix that fit and the first that did not are bisected. The kept prefix fits, and
+    one more code point would not. ``Tokenizer.doc_cut`` probes the same lengths in C++
+    (csrc/bpe_tokenizer.cpp), so both give the same prefix from the same counts.
+    """
+    size = len(text)
+    lo, hi = 0, min(size, max(limit, 1))
+    while hi < size:
+        if (yield hi) > limit:
+            break
+        lo, hi = hi, min(size, 2 * hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (yield mid) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def token_cut(
+    texts: Sequence[str], limit: int, count: Callable[[list[str]], Sequence[int]]
+) -> list[str]:
+    """:func:`prefix_search` over many texts, in rounds of one batched ``count`` call (token
+    counts of a list of strings): the prefix of each text to keep."""
+    searches = [prefix_search(t, limit) for t in texts]
+    kept = [0] * len(texts)
+    probes: dict[int, int] = {}
+
+    def advance(i: int, n: int | None) -> None:
+        try:
+            probes[i] = next(searches[i]) if n is None else searches[i].send(n)
+        except StopIteration as stop:
+            kept[i] = stop.value
+
+    for i in range(len(texts)):
+        advance(i, None)
+    while probes:
+        batch = list(probes.items())
+        probes.clear()
+        for (i, _), n in zip(batch, count([texts[i][:m] for i, m in batch])):
+            advance(i, int(n))
+    return [t[:k] for t, k in zip(texts, kept)]
 
 
 # ---------------------------------------------------------------------------

@@ -358,6 +358,52 @@ def test_ctrl_c_finishes_the_shard_and_exits_cleanly(resume_case, model_dir):
     assert shard_bytes(out) == ref
 
 
+def test_empty_pooled_span_is_a_warning_and_resume_is_byte_identical(model_dir, tmp_path):
+    """A row embedded although no token of its text is pooled (here: doc_max_length=1 and a
+    first code point of several tokens) goes to the manifest's warnings and warnings.jsonl,
+    counted in the summary, not to the errors; a long text without spaces is cut by tokens
+    and embedded normally. A run killed after its first shard resumes to the same bytes."""
+    tag = "\U000e0001" * 5
+    texts = ["fine text", "a" * 3000, tag, "another fine text", f"{tag} {tag}", "ok"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    s = run(tmp_path / "in.txt", tmp_path / "out", job(model_dir, doc_max_length=1, shard_size=4))
+    assert s["complete"] and s["embedded"] == 6 and s["errors"] == 0 and s["warnings"] == 2
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert [x["n_warnings"] for x in manifest["shards"]] == [1, 1]
+    warned = [json.loads(x) for x in (tmp_path / "out/warnings.jsonl").read_text().splitlines()]
+    assert [w["row"] for w in warned] == [2, 4] and [w["id"] for w in warned] == [2, 4]
+    assert all("pooled span" in w["reason"] for w in warned)
+    assert (tmp_path / "out/errors.jsonl").read_text() == ""
+    model = LLM2Vec.from_pretrained(str(model_dir), doc_max_length=1)
+    with pytest.warns(UserWarning, match="pooled span"):
+        want = reference(model, texts)
+    ids, emb = read_embeddings(tmp_path / "out")
+    assert ids == list(range(6))
+    np.testing.assert_allclose(emb, want, atol=1e-5, rtol=0)
+    assert np.linalg.norm(emb[1]) > 0 and np.abs(emb[1] - emb[0]).max() > 1e-3
+
+    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir, "--doc-max-length", "1")
+    proc = spawn(argv, LLM2VEC_FAST_TEST_KILL_AT="manifest_written:0")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert cli_main(argv) == 0
+    assert cli_main([*argv[:2], "-o", str(tmp_path / "whole"), *argv[4:]]) == 0
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "whole")
+    assert b"pooled span" in shard_bytes(tmp_path / "whole")["warnings.jsonl"]
+
+
+def test_cli_summary_counts_warnings(model_dir, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("one\n\U000e0001\U000e0001\n\nfour\n", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = cli_argv(tmp_path / "in.txt", out, model_dir, "--doc-max-length", "1")
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "3 texts embedded, 1 errors" in text and "1 warnings" in text, text
+    assert str(out / "warnings.jsonl") in text
+    assert cli_main(argv) == 0
+    assert "1 warnings" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------- devices
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -361,6 +362,80 @@ def test_deviation(ckpts, fname, r, c):
 
     else:
         raise AssertionError(f"{label}: unknown deviation {expect!r}; {REGENERATE}")
+
+
+def _cut_rows(run) -> list[tuple[str, str]]:
+    """(text, the official library's cut of it) for each "match" row it cut."""
+    out = []
+    for case in run["cases"]:
+        if case["expect"] != "match":
+            continue
+        for (instruction, text), row in zip(_pairs(case["sentences"]), case["official"]["rows"]):
+            head = f"{instruction.strip()} {SEP}" if instruction else SEP
+            assert row["converted"].startswith(head), f"{run['id']}: {REGENERATE}"
+            if row["converted"][len(head) :] != text:
+                out.append((text, row["converted"][len(head) :]))
+    return out
+
+
+# the first run of each fixture file with rows the official doc_max_length cut
+DOC_CUT_RUNS = [
+    pytest.param(fname, r, id=run["id"])
+    for fname, fx in FIX.items()
+    for r, run in [next(((r, x) for r, x in enumerate(fx["runs"]) if _cut_rows(x)), (0, None))]
+    if run is not None
+]
+
+
+def _official_cut(count, text: str, doc_max_length: int) -> str:
+    """llm2vec 0.2.3 ``_convert_to_str``'s loop, as it is written there."""
+    n = count(text)
+    while n > doc_max_length:
+        reduced = int(len(text.split()) * (doc_max_length / n))
+        text = " ".join(text.split()[:reduced])
+        n = count(text)
+    return text
+
+
+@pytest.mark.parametrize("fname, r", DOC_CUT_RUNS)
+def test_doc_cut_is_official_wherever_the_official_cut_is_not_empty(ckpts, fname, r, monkeypatch):
+    """Deviation (README, "Differences, on purpose"): where the official doc_max_length cut
+    empties a non-blank text (no spaces), ours cuts it by tokens. Everywhere else the cut is
+    the official one: the fixtures' cut rows (the official library's own strings) and many
+    random texts with spaces, with the C++ tokenizer and with HF's; the same strings, so the
+    same ids (test_token_ids_and_pooled_span)."""
+    fx, run = FIX[fname], FIX[fname]["runs"][r]
+    model = ckpts.model(fx, run)
+    limit, max_length = model.doc_max_length, model.max_length
+
+    def count(t):
+        return len(
+            model.tokenizer(t, add_special_tokens=False, truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
+        )
+
+    texts, official = (list(x) for x in zip(*_cut_rows(run)))
+    assert all(official), f"{run['id']}: the official cut emptied a fixture text"
+    assert [_official_cut(count, t, limit) for t in texts] == official  # the loop is theirs
+    rng = random.Random(r)
+    words = ["cat", "markets,", "oil", "42", "naïve", "😀", "数字", "don't", "e\u0301", "x" * 25]
+    spaces = [" ", "  ", "\t", "\n", " \u3000 ", "\x1c"]
+    for _ in range(300):
+        n = rng.choice([1, 2, 3, 8, 20, 60, 200])
+        texts.append("".join(rng.choice(words) + rng.choice(spaces) for _ in range(n)))
+    texts += ["a" * 300, "数字" * 100, "x" * 200 + " y", "  " + "😀" * 50]  # no spaces
+    official = [_official_cut(count, t, limit) for t in texts]
+    kept = [i for i, t in enumerate(texts) if official[i] or not t.split()]
+    emptied = [i for i in range(len(texts)) if i not in set(kept)]
+    assert len(emptied) >= 4 and sum(official[i] != texts[i] for i in kept) >= 50
+    for cpp in ("1", "0"):
+        monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)
+        ours = model._cut_texts(list(texts))
+        for i in kept:
+            assert ours[i] == official[i], f"{run['id']} (C++ tokenizer {cpp}): text {i}"
+        for i in emptied:  # only these change: a non-empty prefix within the limit
+            assert ours[i] and texts[i].startswith(ours[i]) and count(ours[i]) <= limit, i
 
 
 def test_save_is_read_by_official(ckpts):

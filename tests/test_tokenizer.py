@@ -27,6 +27,7 @@ from llm2vec_fast.testing import (
     _QWEN2_NORMALIZER,
     _QWEN2_PRE_TOKENIZER,
     mistral_tokenizer_json,
+    reference_doc_cut,
     resident_memory_mb,
     smollm2_tokenizer_json,
 )
@@ -491,15 +492,71 @@ def test_doc_cut_is_the_official_loop(name, doc_max_length, max_length):
                  for _ in range(rng.randint(0, 80))]  # fmt: skip
         texts.append("".join(w + "".join(rng.choices(PY_SPACES, k=rng.randint(1, 3)))
                              for w in words))  # fmt: skip
-    texts += ["", " ", "\u3000\x1c", "one" * 500]
+    texts += ["", " ", "\u3000\x1c", "one" * 500, " " * 900 + "\t"]
     counts, cut = ours.doc_cut(texts, doc_max_length, max_length=max_length)
     hf = HFTokenizer.from_str(hf.to_str())
     hf.enable_truncation(max_length)
+    emptied = 0
     for i, text in enumerate(texts):
         want, n, was_cut = official_doc_cut(hf, text, doc_max_length)
+        if not want and text.split():
+            # the one deviation: the official cut empties a non-blank text; cut by tokens
+            want, n, how = reference_doc_cut(count_of(hf), text, doc_max_length)
+            assert how == "tokens" and want and n <= doc_max_length, i
+            emptied += 1
         assert (cut[i] is not None) == was_cut, i
         assert (text if cut[i] is None else cut[i]) == want, i
         assert counts[i] == n, i
+    assert emptied >= 1  # "one" * 500 at least
+
+
+def count_of(hf: HFTokenizer):
+    return lambda t: len(hf.encode(t, add_special_tokens=False).ids)
+
+
+def _no_space_texts() -> list[str]:
+    """Texts without spaces that run far over any doc_max_length: the official word cut
+    empties each of them."""
+    rng = random.Random(7)
+    import base64
+
+    jp = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
+    return [
+        "a" * 3000,
+        (jp * 20)[:300],
+        base64.b64encode(rng.randbytes(3000)).decode(),
+        "for(let_i=0;i<n;i++){total+=values[i]*weights[i];}" * 40,
+        "x" * 2000 + " tail",  # two words: int(2 * limit / n) is still 0
+        "  \u3000" + "😀" * 400 + "\n",
+        "e\u0301" * 700,
+    ]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "mistral", "llama3", "sp_legacy"])
+@pytest.mark.parametrize(("doc_max_length", "max_length"), [(20, 64), (400, 512), (1, 8)])
+def test_doc_cut_never_empties_a_non_blank_text(name, doc_max_length, max_length):
+    """A non-blank text that the official word cut would empty (no spaces) is cut by tokens
+    instead: a prefix within the limit (not a silent empty string), as the reference."""
+    ours, hf = pair(name)
+    hf = HFTokenizer.from_str(hf.to_str())
+    hf.enable_truncation(max_length)
+    count = count_of(hf)
+    texts = _no_space_texts()
+    counts, cut = ours.doc_cut(texts, doc_max_length, max_length=max_length, num_threads=2)
+    emptied = 0
+    for i, text in enumerate(texts):
+        official, n, was_cut = official_doc_cut(hf, text, doc_max_length)
+        if official:  # within the limit as it is (Mistral has tokens of 16 "a"s)
+            assert (cut[i] is None) == (not was_cut) and counts[i] == n, i
+            continue
+        emptied += 1
+        want, n, how = reference_doc_cut(count, text, doc_max_length)
+        assert how == "tokens" and cut[i] == want and counts[i] == n == count(want), i
+        assert text.startswith(cut[i]) and n <= doc_max_length, i
+        if doc_max_length > 1:
+            assert cut[i].strip(), i
+        assert count(text[: len(cut[i]) + 1]) > doc_max_length, i  # nothing more fits
+    assert emptied >= 5
 
 
 # ---------------------------------------------------------------------------
