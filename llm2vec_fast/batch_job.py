@@ -60,6 +60,7 @@ from llm2vec_fast.io_formats import (
     write_json_atomic,
     write_shard,
 )
+from llm2vec_fast.optional import require
 from llm2vec_fast.pipeline import Chunk, ChunkResult, EncodePipeline
 
 MANIFEST = "manifest.json"
@@ -118,6 +119,8 @@ class JobConfig:
             )
         if self.precision not in PRECISIONS:
             raise JobError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.format == "parquet":  # here, not after the first shard is embedded
+            require("pyarrow", feature="writing Parquet shards (--format parquet)")
         for name in ("shard_size", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:

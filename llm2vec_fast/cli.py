@@ -6,7 +6,9 @@ llm2vec-fast embed INPUT -o OUTDIR|OUTPUT.npy [--model PATH] [--peft DIR ...] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,13 +20,16 @@ INPUT is a file, a directory (its supported files, sorted by name) or a quoted g
   .txt      one text a line (every line is a row, blank lines too)
   .jsonl    one object a line: "text", optional "instruction" and "id"
   .csv/.tsv a header row; the text column is --text-column (default "text")
-  .parquet  a text column, optional id and instruction columns (needs pyarrow)
+  .parquet  a text column, optional id and instruction columns (needs pyarrow:
+            pip install 'llm2vec-fast[parquet]', as --format parquet does)
 
 OUTPUT is either
   a directory: the batch job. Shards of --shard-size rows, each written atomically, a
     manifest.json (model and adapter fingerprints, settings, input fingerprint, shards with
-    row ranges and checksums) and errors.jsonl (rows that could not be embedded: empty, not a
-    string, broken JSON; the job goes on). Rerun the same command after a crash or Ctrl-C to
+    row ranges and checksums), errors.jsonl (rows that could not be embedded: empty, not a
+    string, not valid UTF-8, broken JSON; the job goes on) and warnings.jsonl (rows embedded
+    although no token of their text is pooled). A name with a dot is a directory
+    when it ends in / (emb.v2/). Rerun the same command after a crash or Ctrl-C to
     continue from the last complete shard; a rerun with other settings refuses. Formats npy,
     parquet, safetensors; precision float32, float16, int8 (per-row scales), binary (sign
     bits); --truncate-dim K keeps the first K dimensions (Matryoshka). --devices all|LIST runs
@@ -82,15 +87,18 @@ def _read_inputs(args: argparse.Namespace) -> tuple[list, list]:
 
 def _embed(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    if out.suffix == ".npy":
+    # a trailing slash names a directory whatever the name looks like (emb.v2/, out.npy/)
+    as_dir = args.output.endswith(("/", os.sep))
+    if out.suffix == ".npy" and not as_dir:
         given = [k for k in _JOB_ONLY if getattr(args, k) is not None]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise CLIError(f"{flag} needs an output directory; OUTPUT {out} is a .npy file")
         return _embed_to_npy(args, out)
-    if out.suffix and not out.is_dir():
+    if out.suffix and not as_dir and not out.is_dir():
         raise CLIError(
-            f"OUTPUT must be a .npy file or a directory (a name without a suffix); got {out}"
+            f"OUTPUT must be a .npy file or a directory (a name without a suffix, or ending "
+            f"in /: {out}/); got {out}"
         )
     return _embed_job(args, out)
 
@@ -249,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("input", help="a .txt/.jsonl/.csv/.tsv/.parquet file, a directory or a glob")
     e.add_argument(
-        "-o", "--output", required=True, help="an output directory (the batch job) or a .npy file"
+        "-o",
+        "--output",
+        required=True,
+        help="an output directory (the batch job; a trailing / always means one) or a .npy file",
     )
     add_model_arguments(e)
     e.add_argument(
@@ -320,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--causal", action="store_true", help="causal attention (the paper's baseline)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (transformers' included)"
+    )
     e.set_defaults(func=_embed)
 
     from llm2vec_fast.evaluation import add_eval_parser  # the `eval` subcommand
@@ -333,15 +346,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_libraries(quiet: bool):
+    """Under ``-q``, for this command only: no transformers/huggingface_hub progress bars (the
+    GGUF conversion's and checkpoint loading's, see :func:`llm2vec_fast.loading.
+    gguf_to_safetensors`), in this process and in worker processes it starts. The previous
+    state is restored afterwards, so a program that calls :func:`main` keeps its own."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    was_on, hub_was_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read at import by spawned workers
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if env is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = env
+        if was_on:
+            hf_logging.enable_progress_bar()
+        if hub_was_on:
+            enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from llm2vec_fast.optional import MissingDependencyError
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _quiet_libraries(getattr(args, "quiet", False)):
+            return args.func(args)
     except (
         CLIError,
         ValueError,
         TypeError,
         FileNotFoundError,
+        MissingDependencyError,
     ) as e:  # CheckpointError and batch_job.JobError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -61,16 +61,28 @@ WORDSIM_FILE = "wordsim353.tsv"
 # ---------------------------------------------------------------------------- data
 
 
-def gensim_test_data_dir() -> Path:
-    """``gensim/test/test_data`` of the installed gensim, found without importing gensim."""
+def gensim_test_data_dir(*, other_way: str = "data_dir=DIR") -> Path:
+    """``gensim/test/test_data`` of the installed gensim, found without importing gensim.
+
+    Without gensim, raises :class:`~llm2vec_fast.optional.MissingDependencyError` saying
+    ``pip install gensim`` (no llm2vec-fast extra brings it) or pass ``other_way`` (how the
+    caller names a data folder: ``data_dir=DIR`` in Python, ``--data-dir DIR`` on the command
+    line)."""
+    from llm2vec_fast.optional import require
+
+    require(
+        "gensim",
+        feature="the offline evaluation's data",
+        hint=f"or pass {other_way}, a folder holding {POLARITY_FILE} and {WORDSIM_FILE}",
+    )
     try:
         spec = importlib.util.find_spec("gensim")
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the offline evaluation reads its data from the gensim package (pip install gensim), "
-            f"or pass data_dir= a folder holding {POLARITY_FILE} and {WORDSIM_FILE}"
+            f"gensim is not a package with data files; pass {other_way}, a folder holding "
+            f"{POLARITY_FILE} and {WORDSIM_FILE}"
         )
     for location in spec.submodule_search_locations:
         d = Path(location) / "test" / "test_data"
@@ -78,7 +90,8 @@ def gensim_test_data_dir() -> Path:
             return d
     raise FileNotFoundError(
         f"gensim is installed at {list(spec.submodule_search_locations)} but holds no "
-        f"test/test_data/{POLARITY_FILE}"
+        f"test/test_data/{POLARITY_FILE}; pass {other_way}, a folder holding {POLARITY_FILE} "
+        f"and {WORDSIM_FILE}"
     )
 
 
@@ -464,21 +477,26 @@ def _task_names(spec: str) -> list[str]:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     """``llm2vec-fast eval``: load the model, run the offline suite or MTEB, write results."""
+    from llm2vec_fast.optional import install_command, require
+
     out_dir = Path(args.output_dir)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir {args.data_dir} is not a directory")
     mteb_module = None
+    data_dir = args.data_dir
+    if args.tasks is None and data_dir is None:  # before the model loads
+        data_dir = gensim_test_data_dir(other_way="--data-dir DIR")
     if args.tasks is not None:
         tasks = _task_names(args.tasks)
         if args.data_dir is not None:  # local data only: never reach for the hub
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        require("mteb", feature="eval --tasks")
         try:
             from llm2vec_fast.integrations import mteb as mteb_module
-        except ImportError as e:
+        except ImportError as e:  # mteb is there but does not import (a version it cannot use)
             raise ValueError(
-                f"--tasks needs the mteb package ({e}); install it with "
-                "pip install 'llm2vec-fast[mteb]'"
+                f"--tasks needs the mteb package ({e}); install it with {install_command('mteb')}"
             ) from None
         instructions = (
             mteb_module.load_task_instructions(args.instructions) if args.instructions else None
@@ -501,7 +519,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if mteb_module is None:
         scores = evaluate_offline(
             model,
-            data_dir=args.data_dir,
+            data_dir=data_dir,
             folds=args.folds,
             n_bootstrap=args.bootstrap,
             seed=args.seed,

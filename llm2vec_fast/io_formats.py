@@ -15,6 +15,11 @@ Inputs, all streamed (memory stays bounded whatever the corpus size):
 Rows are numbered across all files in order, from 0. A row's id is its id column's value when
 the file has one, else its row number.
 
+Text is UTF-8. A line (.txt, .jsonl), a row's field (.csv/.tsv) or a Parquet string value that
+is not valid UTF-8 is not patched up with U+FFFD: its record carries ``error`` ("invalid
+UTF-8 ..."), so the job writes it to ``errors.jsonl`` and goes on (and ``embed -o FILE.npy``
+stops on it).
+
 Outputs (one shard = one group of consecutive rows), see :func:`write_shard`:
 
 - ``npy``: ``shard-000003.npy`` (the array) + ``shard-000003.ids.json`` (+ for int8
@@ -33,6 +38,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +171,8 @@ def plan_shards(files: list[Path], shard_size: int, **columns) -> list[dict]:
                     line += 1
         else:
             if kind == ".parquet":
-                n = _pyarrow_parquet().ParquetFile(path).metadata.num_rows
+                pq = _pyarrow_parquet(f"the Parquet input {path.name}")
+                n = pq.ParquetFile(path).metadata.num_rows
             else:
                 n = sum(1 for _ in iter_records([path], **columns))
             for k in range(n):
@@ -182,17 +189,26 @@ def plan_shards(files: list[Path], shard_size: int, **columns) -> list[dict]:
     ]
 
 
+def _invalid_utf8(e: UnicodeDecodeError) -> str:
+    return f"invalid UTF-8 (byte 0x{e.object[e.start]:02x} at byte {e.start} of the line)"
+
+
 def _lines(path: Path, offset: int, line0: int):
-    """(1-based line number, decoded line without its end) from byte ``offset`` on."""
+    """(1-based line number, decoded line without its end, None) from byte ``offset`` on; a
+    line that is not valid UTF-8 gives (number, line surrogate-escaped, reason) instead of
+    being patched up."""
     with open(path, "rb") as f:
         f.seek(offset)
         for n, raw in enumerate(f, line0 + 1):
-            yield n, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError as e:
+                yield n, raw.decode("utf-8", "surrogateescape").rstrip("\r\n"), _invalid_utf8(e)
 
 
 def _txt(path: Path, offset: int = 0, line0: int = 0):
-    for n, line in _lines(path, offset, line0):
-        yield n, None, line, None, None
+    for n, line, error in _lines(path, offset, line0):
+        yield n, None, None if error else line, None, error
 
 
 def _jsonl(
@@ -203,7 +219,16 @@ def _jsonl(
     offset: int = 0,
     line0: int = 0,
 ):
-    for n, line in _lines(path, offset, line0):
+    for n, line, error in _lines(path, offset, line0):
+        if error is not None:  # reported with its id when the rest of the line parses
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            id_ = rec.get(id_column) if isinstance(rec, dict) else None
+            id_ = _replace_invalid(id_) if isinstance(id_, (str, int, float)) else None
+            yield n, id_, None, None, error
+            continue
         if not line.strip():
             continue
         try:
@@ -221,7 +246,9 @@ def _jsonl(
 
 
 def _csv(path: Path, kind: str, text_column: str, id_column: str, instruction_column: str):
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    # undecodable bytes become lone surrogates (which valid UTF-8 never decodes to), so a row
+    # holding them is reported as invalid instead of being embedded with U+FFFD in its place
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",")
         fields = reader.fieldnames or []
         if text_column not in fields:
@@ -232,18 +259,38 @@ def _csv(path: Path, kind: str, text_column: str, id_column: str, instruction_co
         has_id, has_instr = id_column in fields, instruction_column in fields
         for rec in reader:
             text = rec.get(text_column)
+            id_ = rec.get(id_column) if has_id else None
+            instruction = rec.get(instruction_column) if has_instr else None
             error = None if text is not None else "the row has too few fields"
-            yield (
-                reader.line_num,
-                rec.get(id_column) if has_id else None,
-                text,
-                rec.get(instruction_column) if has_instr else None,
-                error,
-            )
+            bad = [
+                name
+                for name, value in (
+                    (text_column, text),
+                    (id_column, id_),
+                    (instruction_column, instruction),
+                )
+                if isinstance(value, str) and _SURROGATE.search(value)
+            ]
+            if bad:
+                error = f"invalid UTF-8 in column {bad[0]!r}"
+                text = instruction = None
+                id_ = _replace_invalid(id_)
+            yield reader.line_num, id_, text, instruction, error
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _replace_invalid(value):
+    """A surrogate-escaped string with its undecodable bytes as U+FFFD (for error reports);
+    anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _parquet(path: Path, text_column: str, id_column: str, instruction_column: str, skip: int = 0):
-    pq = _pyarrow_parquet()
+    pq = _pyarrow_parquet(f"the Parquet input {path.name}")
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises its own ArrowInvalid for a non-Parquet file
@@ -268,22 +315,51 @@ def _parquet(path: Path, text_column: str, id_column: str, instruction_column: s
         if n < skip:
             drop = min(skip - n, batch.num_rows)
             batch, n = batch.slice(drop), n + drop
-        cols = {name: batch.column(name).to_pylist() for name in columns}
+        cols, invalid = {}, {}
+        for name in columns:
+            cols[name] = _arrow_values(batch.column(name), name, invalid)
         texts = cols[text_column]
         ids = cols.get(id_column, [None] * len(texts))
         instrs = cols.get(instruction_column, [None] * len(texts))
-        for t, i, ins in zip(texts, ids, instrs):
+        for k, (t, i, ins) in enumerate(zip(texts, ids, instrs)):
             n += 1
-            yield n, i, t, ins, None
+            if k in invalid:  # the text and instruction are dropped, the id kept readable
+                yield n, _replace_invalid(i), None, None, invalid[k]
+            else:
+                yield n, i, t, ins, None
 
 
-def _pyarrow_parquet():
+def _arrow_values(column, name: str, invalid: dict[int, str]) -> list:
+    """A column's Python values. A string column holding invalid UTF-8 (Arrow does not check it
+    when reading) gives those values as surrogate-escaped strings and records ``invalid[row]``."""
     try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(
-            "Parquet needs pyarrow: pip install 'llm2vec-fast[parquet]' (or pip install pyarrow)"
-        ) from None
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        import pyarrow as pa
+
+        t = column.type
+        if pa.types.is_string(t):
+            raw = column.view(pa.binary())
+        elif pa.types.is_large_string(t):
+            raw = column.view(pa.large_binary())
+        else:
+            raise
+        values = []
+        for k, b in enumerate(raw.to_pylist()):
+            try:
+                values.append(None if b is None else b.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(b.decode("utf-8", "surrogateescape"))
+                invalid.setdefault(k, f"invalid UTF-8 in column {name!r}")
+        return values
+
+
+def _pyarrow_parquet(feature: str):
+    from llm2vec_fast.optional import require
+
+    require("pyarrow", feature=feature)
+    import pyarrow.parquet as pq
+
     return pq
 
 
@@ -302,7 +378,8 @@ def count_rows(files: list[Path], **columns) -> int:
     n = 0
     for path in files:
         if _suffix(path) == ".parquet":
-            n += _pyarrow_parquet().ParquetFile(path).metadata.num_rows
+            pq = _pyarrow_parquet(f"the Parquet input {path.name}")
+            n += pq.ParquetFile(path).metadata.num_rows
         else:
             n += sum(1 for _ in iter_records([path], **columns))
     return n
@@ -428,9 +505,9 @@ def write_shard(
         atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
         written["embeddings"] = path
     elif fmt == "parquet":
+        pq = _pyarrow_parquet("writing Parquet shards (--format parquet)")
         import pyarrow as pa
 
-        pq = _pyarrow_parquet()
         flat = pa.array(array.reshape(-1))
         width = array.shape[1] if array.ndim == 2 else 0
         cols = {
@@ -474,7 +551,7 @@ def read_shard(outdir: Path, files: dict, fmt: str) -> tuple[list, np.ndarray, n
         )
         return ids, array, scales
     if fmt == "parquet":
-        table = _pyarrow_parquet().read_table(path)
+        table = _pyarrow_parquet("reading Parquet shards").read_table(path)
         emb = table.column("embedding").combine_chunks()
         width = emb.type.list_size
         flat = emb.flatten().to_numpy(zero_copy_only=False)

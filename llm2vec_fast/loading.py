@@ -6,6 +6,8 @@ refused. Nothing is downloaded: every path is local.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -213,6 +215,28 @@ def gguf_to_safetensors(gguf_file: str | os.PathLike, name_or_path: str | None =
     return out
 
 
+@contextlib.contextmanager
+def _gguf_bar_follows_transformers():
+    """transformers draws its "Converting and de-quantizing GGUF tensors..." bar with plain
+    tqdm, outside its own switch (``transformers.utils.logging.disable_progress_bar()``, which
+    ``llm2vec-fast -q`` sets); while that switch is off, the bar is off too."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    if hf_logging.is_progress_bar_enabled() or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def _convert_gguf(src: Path, out: Path, name_or_path: str | None) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -220,10 +244,11 @@ def _convert_gguf(src: Path, out: Path, name_or_path: str | None) -> None:
     from llm2vec_fast.compat import write_config, write_tokenizer
 
     try:
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(src.parent), gguf_file=src.name, dtype=torch.float32
-        )
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        with _gguf_bar_follows_transformers():
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(src.parent), gguf_file=src.name, dtype=torch.float32
+            )
+            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
     except Exception as e:  # gguf raises a zoo of types on bad files
         raise CheckpointError(f"cannot read GGUF file {src}: {type(e).__name__}: {e}") from e
     tied = bool(getattr(hf.config, "tie_word_embeddings", False))

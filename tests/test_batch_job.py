@@ -212,6 +212,99 @@ def test_errors_file_and_the_job_goes_on(model_dir, encoder, tmp_path):
     assert "instruction" in by_id["h"]["reason"]
 
 
+def write_invalid_utf8(tmp: Path, kind: str) -> Path:
+    """Rows "good one", <invalid UTF-8>, "good two" (ids a, b, c where the format has ids):
+    a byte 0xff (never valid) or an encoded surrogate (ED A0 80, refused by UTF-8)."""
+    path = tmp / f"bad.{kind}"
+    if kind == "txt":
+        path.write_bytes(b"good one\nbad \xff line\ngood two\n")
+    elif kind == "jsonl":
+        path.write_bytes(
+            b'{"id": "a", "text": "good one"}\n{"id": "b", "text": "bad \xed\xa0\x80"}\n'
+            b'{"id": "c", "text": "good two"}\n'
+        )
+    elif kind in ("csv", "tsv"):
+        sep = b"," if kind == "csv" else b"\t"
+        rows = [[b"id", b"text"], [b"a", b"good one"], [b"b", b"bad \xff"], [b"c", b"good two"]]
+        path.write_bytes(b"".join(sep.join(r) + b"\n" for r in rows))
+    else:  # Parquet: a string column holding bytes that are not UTF-8 (pyarrow does not check)
+        raw = pa.array([b"good one", b"bad \xff", b"good two"], type=pa.binary())
+        pq.write_table(pa.table({"id": ["a", "b", "c"], "text": raw.view(pa.string())}), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "tsv", "parquet"])
+def test_invalid_utf8_goes_to_errors_and_the_job_goes_on(kind, model_dir, encoder, tmp_path):
+    """The README: a row of invalid unicode goes to errors.jsonl; it is not embedded with
+    U+FFFD in place of its bytes (nor, for Parquet, does it stop the job)."""
+    path = write_invalid_utf8(tmp_path, kind)
+    s = run(path, tmp_path / "out", job(model_dir))
+    assert s["complete"] and s["embedded"] == 2 and s["errors"] == 1
+    ids, emb = read_embeddings(tmp_path / "out")
+    assert ids == ([0, 2] if kind == "txt" else ["a", "c"])
+    np.testing.assert_allclose(emb, reference(encoder, ["good one", "good two"]), atol=1e-5)
+    (err,) = [json.loads(x) for x in (tmp_path / "out/errors.jsonl").read_text().splitlines()]
+    line = {"txt": 2, "jsonl": 2, "csv": 3, "tsv": 3, "parquet": 2}[kind]  # parquet: its row
+    assert err["row"] == 1 and err["source"] == f"bad.{kind}:{line}"
+    assert err["id"] == (1 if kind == "txt" else "b")
+    assert "invalid UTF-8" in err["reason"], err
+    # the single-file mode stops on it, naming the line
+    assert (
+        cli_main(["embed", str(path), "-o", str(tmp_path / "x.npy"), "--model", str(model_dir)])
+        == 2
+    )
+
+
+def test_invalid_utf8_resume_is_byte_identical(model_dir, tmp_path):
+    lines = [t.encode() for t in corpus(20, seed=13)]
+    lines[3] = b"caf\xe9 in Latin-1"  # shard 0
+    lines[14] = b"\xc3"  # shard 2: a truncated sequence
+    (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
+    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir)
+    proc = spawn(argv, LLM2VEC_FAST_TEST_KILL_AT="manifest_written:1")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert cli_main(argv) == 0
+    assert cli_main([*argv[:2], "-o", str(tmp_path / "whole"), *argv[4:]]) == 0
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "whole")
+    errors = (tmp_path / "whole/errors.jsonl").read_text().splitlines()
+    assert [json.loads(e)["row"] for e in errors] == [3, 14]
+
+
+def test_parquet_output_without_pyarrow_fails_before_any_work(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    """--format parquet without pyarrow: refused up front (no model load, no output directory),
+    naming the extra; the command line prints one line and exits with 2."""
+    import llm2vec_fast.batch_job as batch_job
+    from llm2vec_fast.optional import MissingDependencyError
+
+    (tmp_path / "in.txt").write_text("one\ntwo\n", encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    monkeypatch.setattr(batch_job.ShardEmbedder, "__init__", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(MissingDependencyError, match=r"pip install 'llm2vec-fast\[parquet\]'"):
+        run(tmp_path / "in.txt", tmp_path / "out", job(model_dir, format="parquet"))
+    assert not (tmp_path / "out").exists()
+    argv = cli_argv(tmp_path / "in.txt", tmp_path / "out", model_dir, "--format", "parquet")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: writing Parquet shards (--format parquet) needs pyarrow")
+    assert "pip install 'llm2vec-fast[parquet]'" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_input_without_pyarrow_names_the_extra(model_dir, tmp_path, monkeypatch, capsys):
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "in.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    for out in (tmp_path / "out", tmp_path / "x.npy"):
+        argv = ["embed", str(tmp_path / "in.parquet"), "-o", str(out), "--model", str(model_dir)]
+        assert cli_main([*argv, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "in.parquet needs pyarrow" in err and "pip install 'llm2vec-fast[parquet]'" in err
+        assert "Traceback" not in err and not out.exists()
+
+
 def test_out_of_memory_splits_the_batch(model_dir, tmp_path, monkeypatch):
     texts = corpus(30, seed=5)
     texts[4] = " ".join(["river"] * 120)  # over the simulated limit even alone

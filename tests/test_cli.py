@@ -156,6 +156,22 @@ def test_txt_input_rows_in_order(model_dir, ref_model, tmp_path, capsys):
     assert np.abs(emb[0] - emb[3]).max() > 1e-3
 
 
+def test_output_directory_named_with_a_dot_and_a_trailing_slash(model_dir, ref_model, tmp_path):
+    """``-o emb.v2/`` (and even ``-o out.npy/``) is a new directory, the batch job; without the
+    slash a new ``emb.v2`` is still refused, and the message says how to ask for a directory."""
+    from llm2vec_fast.batch_job import read_embeddings
+
+    inp = write_lines(tmp_path / "in.txt", TXT_LINES)
+    for name in ("emb.v2", "out.npy"):
+        assert run_cli(["embed", inp, "-o", f"{tmp_path / name}/", "--model", model_dir, "-q"]) == 0
+        ids, emb = read_embeddings(tmp_path / name)
+        assert ids == [0, 2, 3, 4]  # the blank line is an error row in the batch job
+        want = to_np(ref_model.encode([TXT_LINES[i] for i in ids], show_progress_bar=False))
+        np.testing.assert_allclose(emb, want, rtol=0, atol=1e-5)
+    assert run_cli(["embed", inp, "-o", tmp_path / "emb.v3", "--model", model_dir, "-q"]) == 2
+    assert not (tmp_path / "emb.v3").exists()
+
+
 def test_jsonl_input_pairs_and_ids(model_dir, ref_model, tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", JSONL_RECORDS)
     out = tmp_path / "emb.npy"

@@ -228,3 +228,41 @@ def test_cli_eval_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delattr(integrations, "mteb", raising=False)
     assert main(["eval", "--tasks", "STS12"]) == 2
     assert "pip install 'llm2vec-fast[mteb]'" in capsys.readouterr().err
+
+
+def test_cli_eval_offline_without_gensim(ckpt, tmp_path, capsys, monkeypatch):
+    """No gensim and no --data-dir: refused before the model loads, naming ``pip install
+    gensim`` and the command line's --data-dir (not the Python API's ``data_dir=``)."""
+    import sys
+
+    import llm2vec_fast
+
+    monkeypatch.setitem(sys.modules, "gensim", None)  # as if not installed
+    monkeypatch.setattr(
+        llm2vec_fast.LLM2Vec, "from_pretrained", lambda *a, **k: pytest.fail("model loaded")
+    )
+    argv = ["eval", "--offline", "--model", str(ckpt), "-q", "--output-dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pip install gensim" in err and "--data-dir DIR" in err, err
+    assert "data_dir=" not in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    # the Python API names its own argument
+    from llm2vec_fast.optional import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r"pip install gensim; or pass data_dir=DIR"):
+        gensim_test_data_dir()
+
+
+def test_cli_eval_tasks_without_mteb(tmp_path, capsys, monkeypatch):
+    import sys
+
+    import llm2vec_fast
+
+    monkeypatch.setitem(sys.modules, "mteb", None)
+    monkeypatch.setattr(
+        llm2vec_fast.LLM2Vec, "from_pretrained", lambda *a, **k: pytest.fail("model loaded")
+    )
+    assert main(["eval", "--tasks", "STS12", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "eval --tasks needs mteb" in err and "pip install 'llm2vec-fast[mteb]'" in err, err

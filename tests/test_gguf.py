@@ -331,3 +331,29 @@ def test_corrupt_gguf_raises_checkpoint_error(kind, tiny_gguf, tmp_path, monkeyp
     assert bad.name in str(ei.value)
     # a failed conversion leaves nothing in the cache
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_cli_quiet_hides_transformers_progress_bars(tiny_gguf, tmp_path, monkeypatch, capfd):
+    """``embed -q`` on a GGUF model: none of transformers' bars (its GGUF de-quantisation bar
+    is plain tqdm, outside transformers' own switch; its weight-loading bar); without -q they
+    show. The switch is the command's only: transformers' state is restored after it."""
+    from transformers.utils import logging as hf_logging
+
+    from llm2vec_fast.cli import main
+
+    path, _ = tiny_gguf
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    bars = ("Converting and de-quantizing GGUF tensors", "Loading weights")
+    was_on = hf_logging.is_progress_bar_enabled()
+    for quiet in (True, False):
+        monkeypatch.setenv("LLM2VEC_FAST_CACHE", str(tmp_path / f"cache-{quiet}"))  # converts
+        argv = ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / f"e{quiet}.npy")]
+        assert main([*argv, "--model", str(path), *(["-q"] if quiet else [])]) == 0
+        err = capfd.readouterr().err
+        assert len(_converted_dirs(tmp_path / f"cache-{quiet}")) == 1
+        if quiet:
+            assert not any(b in err for b in bars), err
+            assert "Encoding" not in err
+        else:
+            assert all(b in err for b in bars) and "Encoding" in err, err
+        assert hf_logging.is_progress_bar_enabled() == was_on

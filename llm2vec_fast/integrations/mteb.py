@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ModelMeta, ScoringFunction
-from mteb.types import PromptType
 
 from llm2vec_fast.encoder import LLM2Vec
+from llm2vec_fast.optional import optional_import
+
+with optional_import("mteb", feature="llm2vec_fast.integrations.mteb"):
+    from mteb.models.abs_encoder import AbsEncoder
+    from mteb.models.model_meta import ModelMeta, ScoringFunction
+    from mteb.types import PromptType
 
 __all__ = [
     "LLM2VecMTEB",

@@ -39,17 +39,15 @@ import numpy as np
 
 from llm2vec_fast.batch_job import JobConfig, JobError, ShardEmbedder, open_job
 from llm2vec_fast.io_formats import iter_records, plan_shards
+from llm2vec_fast.optional import require
 
 __all__ = ["run_ray_job", "ShardActor"]
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise ImportError(
-            "the Ray entry point needs Ray Data: pip install 'llm2vec-fast[ray]'"
-        ) from None
+    require("ray", "pyarrow", feature="run_ray_job (the batch job on Ray Data)")
+    import ray
+
     return ray
 
 

@@ -42,11 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Normalize
-from sentence_transformers.base.modules.input_module import InputModule
 
 from llm2vec_fast.encoder import LLM2Vec, _as_pairs, _is_peft, resolve_dtype
+from llm2vec_fast.optional import optional_import
+
+with optional_import(
+    "sentence_transformers", feature="llm2vec_fast.integrations.sentence_transformers"
+):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers.base.modules.input_module import InputModule
 
 __all__ = ["LLM2VecModule", "llm2vec_sentence_transformer", "load_sentence_transformer"]
 
