@@ -1024,9 +1024,12 @@ def _as_pairs(sentences) -> list[tuple[str, str]]:
             ) from None
     if len(sentences) == 0:
         raise ValueError("encode() got an empty list of sentences")
-    # one MEDI item: [instruction, text, ..., int]
+    # one MEDI item: [instruction, text, ..., int]. Two strings come first, so a flat list
+    # with a number in it (["a", 3], ["a", None, 3]) stays a list whose bad item is named.
     if (
-        isinstance(sentences[0], str)
+        len(sentences) >= 3
+        and isinstance(sentences[0], str)
+        and isinstance(sentences[1], str)
         and isinstance(sentences[-1], int)
         and not isinstance(sentences[-1], bool)
     ):

@@ -322,6 +322,30 @@ def test_bad_input_is_a_clear_error(llama_dir, bad, exc, match):
         model.encode(bad, show_progress_bar=False)
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (["a", 3], r"^sentence 1 is int; expected a string"),
+        (["a", None, 3], r"^sentence 1 is None; expected a string"),
+    ],
+)
+def test_flat_list_with_a_number_names_the_bad_item(llama_dir, bad, match):
+    """A flat list ending in a number is not one MEDI item ([instruction, text, ..., int] needs two
+    strings first): the error names the bad item, whether the list goes to encode(), to
+    encode_iter(), or arrives as a stream (a generator is never a MEDI item)."""
+    model = LLM2Vec.from_pretrained(llama_dir, device="cpu")
+    with pytest.raises(TypeError, match=match):
+        model.encode(bad, show_progress_bar=False)
+    with pytest.raises(TypeError, match=match):
+        list(model.encode_iter(bad))
+    with pytest.raises(TypeError, match=match):
+        list(model.encode_iter(iter(bad)))
+    # the real MEDI item and a bad pair keep their forms and messages
+    assert model.encode(["Instr", "alpha beta", 0], show_progress_bar=False).shape[0] == 1
+    with pytest.raises(TypeError, match=r"sentence 0 is list of \['str', 'int'\]"):
+        model.encode([["instr", 7]], show_progress_bar=False)
+
+
 def test_bad_arguments(llama_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown pooling_mode 'max'"):
         LLM2Vec.from_pretrained(llama_dir, pooling_mode="max", device="cpu")

@@ -319,6 +319,43 @@ def test_resume_continues_the_same_loss_curve(objective, tiny, tmp_path):
         train(config(tiny, objective, part, max_steps=10))
 
 
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resume_of_a_finished_run_says_complete_and_changes_nothing(tiny, tmp_path, capsys):
+    out = tmp_path / "done"
+    argv = [
+        "train", "mntp", "--data", str(tiny / "texts.txt"), "--output", str(out),
+        "--model", str(tiny / "model"), "--max-steps", "3", "--save-steps", "2",
+        "--batch-size", "4", "--max-seq-length", "16", "-q",
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert "trained mntp: 3 steps" in capsys.readouterr().out
+    before = _tree(out)
+    assert {"checkpoint-2/trainer_state.json", "checkpoint-3/trainer_state.json"} <= set(before)
+    final_loss = json.loads((out / "train_summary.json").read_text())["final_loss"]
+
+    assert cli_main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "is complete (3 steps" in printed and "nothing changed" in printed, printed
+    assert f"final loss {final_loss:.4f}" in printed and "nan" not in printed.lower()
+    assert _tree(out) == before  # every file byte-identical, none rewritten, none added
+
+    same = dict(max_steps=3, save_steps=2, batch_size=4, max_seq_length=16, learning_rate=5e-5)
+    s = train(config(tiny, "mntp", out, resume=True, **same))  # the Python API alike
+    assert s["already_complete"] and s["steps"] == 3 and len(s["losses"]) == 3
+    assert s["final_loss"] == pytest.approx(final_loss)
+    assert _tree(out) == before
+    # a finished run still refuses changed settings
+    with pytest.raises(ValueError, match="settings differ.*learning_rate"):
+        train(config(tiny, "mntp", out, resume=True, **{**same, "learning_rate": 1e-4}))
+
+
 def test_train_command_line(tiny, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = [

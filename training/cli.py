@@ -113,6 +113,12 @@ def run_train(args: argparse.Namespace) -> int:
     s = train(config)
     if not s["is_main_process"]:
         return 0
+    if s["already_complete"]:  # --resume on a finished run: say so, write nothing
+        print(
+            f"{config.objective} run in {s['output']} is complete ({s['steps']} steps, final loss "
+            f"{s['final_loss']:.4f}; {s['resumed_from']}): nothing to resume, nothing changed"
+        )
+        return 0
     print(
         f"trained {config.objective}: {s['steps']} steps, final loss {s['final_loss']:.4f}, "
         f"{s['tokens_per_second']:,.0f} tokens/s this run -> {s['output']}"

@@ -376,7 +376,9 @@ def _schedule(optimizer, name: str, warmup: int, total: int):
 def train(config: TrainConfig) -> dict:
     """Run (or resume) a training run; returns a summary (steps, final loss, tokens/s, peak
     memory, output directory). The trained adapter, ``llm2vec_config.json`` and the tokenizer
-    are written to ``config.output``; ``train_log.jsonl`` there holds the loss curve."""
+    are written to ``config.output``; ``train_log.jsonl`` there holds the loss curve. Resuming a
+    finished run (its newest checkpoint at the last step) trains nothing and writes nothing: the
+    summary then has ``already_complete`` set and the finished run's steps and losses."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -418,6 +420,25 @@ def train(config: TrainConfig) -> dict:
             "output directory"
         )
     if ck is not None:
+        state = _resume_state(ck, config)  # refuses changed settings or data
+        if state["step"] >= total_steps:
+            # a finished run (its last checkpoint is the final step): nothing to train, and
+            # nothing is written, so a rerun with --resume leaves the output as it was
+            log = state["log"]
+            return {
+                "output": str(output),
+                "steps": state["step"],
+                "final_loss": log[-1]["loss"] if log else float("nan"),
+                "losses": [r["loss"] for r in log],
+                "tokens_this_run": 0,
+                "seconds_this_run": 0.0,
+                "tokens_per_second": 0.0,
+                "peak_memory_bytes": None,
+                "resumed_from": str(ck),
+                "already_complete": True,
+                "world_size": world,
+                "is_main_process": accelerator.is_main_process,
+            }
         step, tokens_done, log_rows = _load_checkpoint(
             ck, config, model, optimizer, scheduler, generator
         )
@@ -527,6 +548,7 @@ def train(config: TrainConfig) -> dict:
         "tokens_per_second": tokens_run / max(seconds, 1e-9),
         "peak_memory_bytes": peak,
         "resumed_from": str(ck) if ck else None,
+        "already_complete": False,
         "world_size": world,
         "is_main_process": accelerator.is_main_process,
     }
@@ -587,9 +609,9 @@ _RESUME_KEYS = (
 )  # fmt: skip
 
 
-def _load_checkpoint(path: Path, config, model, optimizer, scheduler, generator):
-    from safetensors.torch import load_file
-
+def _resume_state(path: Path, config) -> dict:
+    """A checkpoint's ``trainer_state.json``, after checking that ``config`` may resume from it
+    (the same settings and data)."""
     state = json.loads((path / "trainer_state.json").read_text())
     old = state["config"]
     diffs = [k for k in _RESUME_KEYS if old.get(k) != getattr(config, k)]
@@ -600,6 +622,13 @@ def _load_checkpoint(path: Path, config, model, optimizer, scheduler, generator)
         )
     if state["data"] != data_fingerprint(config.data):
         raise DataError(f"cannot resume from {path}: the training data changed")
+    return state
+
+
+def _load_checkpoint(path: Path, config, model, optimizer, scheduler, generator):
+    from safetensors.torch import load_file
+
+    state = _resume_state(path, config)
     adapter = load_file(str(path / "adapter_model.safetensors"))
     from peft import set_peft_model_state_dict
 

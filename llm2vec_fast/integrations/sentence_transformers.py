@@ -11,7 +11,8 @@ then run on our model code and kernels:
         prompts={"query": "Given a web search query, retrieve relevant passages:"},
     )
     q = st.encode(["what is rope?"], prompt_name="query", normalize_embeddings=True)
-    d = st.encode(["RoPE rotates query and key vectors."], precision="int8")
+    # int8 ranges come from the texts encoded together: several (one alone is refused)
+    d = st.encode(["RoPE rotates query and key vectors.", "Paris is in France."], precision="int8")
 
 A sentence-transformers prompt becomes the LLM2Vec instruction: ``encode(texts, prompt=P)``
 embeds ``[P, text]`` pairs exactly as ``LLM2Vec.encode([[P, text], ...])`` does (joined
