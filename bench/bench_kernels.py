@@ -116,10 +116,9 @@ def equal_lengths(length: int, total: int = 16_384) -> list:
     return [length] * max(1, total // length)
 
 
-def hardware_rates(dtype) -> dict:
-    """This GPU's measured matmul rate (TFLOP/s, ``dtype`` 8192^3) and copy bandwidth (GB/s,
-    1 GiB read and written), the denominators of the floors."""
-    n = 8192
+def hardware_rates(dtype, n: int = 8192, copy_bytes: int = 2**30) -> dict:
+    """This GPU's measured matmul rate (TFLOP/s, ``dtype`` n^3, 8192 by default) and copy
+    bandwidth (GB/s, ``copy_bytes`` (1 GiB) read and written), the denominators of the floors."""
 
     def matmul_ms() -> float:
         a = torch.randn(n, n, device=DEVICE, dtype=dtype)
@@ -127,16 +126,16 @@ def hardware_rates(dtype) -> dict:
         return _bench(lambda: torch.matmul(a, b))[0]
 
     def copy_ms() -> float:
-        src = torch.empty(2**30, dtype=torch.uint8, device=DEVICE)
+        src = torch.empty(copy_bytes, dtype=torch.uint8, device=DEVICE)
         dst = torch.empty_like(src)
         return _bench(lambda: dst.copy_(src))[0]
 
     mm, cp = matmul_ms(), copy_ms()
     return {
         "matmul_tflops": 2.0 * n**3 / mm / 1e9,
-        "copy_gbps": 2.0 * 2**30 / cp / 1e6,
+        "copy_gbps": 2.0 * copy_bytes / cp / 1e6,
         "matmul_shape": [n, n, n],
-        "copy_bytes": 2**30,
+        "copy_bytes": copy_bytes,
     }
 
 

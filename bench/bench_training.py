@@ -409,6 +409,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None)
     ap.add_argument("--work-dir", default=None)
+    ap.add_argument("--out", help="results JSON (default: bench/results/...)")
     args = ap.parse_args()
 
     if args.child:
@@ -561,8 +562,9 @@ def main() -> None:
     result["ratios"] = ratios
     result["machine"]["load_average_after"] = os.getloadavg()
     name = args.name or model_tag
-    out = HERE / "results" / f"{'gpu' if device.startswith('cuda') else 'cpu'}-training-{name}.json"
-    out.parent.mkdir(exist_ok=True)
+    kind = "gpu" if device.startswith("cuda") else "cpu"
+    out = Path(args.out) if args.out else HERE / "results" / f"{kind}-training-{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
