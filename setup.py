@@ -72,16 +72,18 @@ setup(
     package_dir=package_dir,
     package_data={"llm2vec_fast": ["data/*"]},
     include_package_data=False,
+    # lower bounds: the oldest versions the test suite was run against (README, "Supported
+    # versions"); no upper bounds, so CI meets a new release before users do
     install_requires=[
         "torch>=2.4",
-        "transformers>=4.56",
-        "tokenizers",
-        "safetensors",
-        "numpy",
+        "transformers>=5.17",
+        "tokenizers>=0.23.1",
+        "safetensors>=0.8",
+        "numpy>=2.0",
         "tqdm",
-        "gguf",
-        "accelerate",
-        "peft",
+        "gguf>=0.16",
+        "accelerate>=1.1",
+        "peft>=0.18",
     ],
     extras_require={
         "gpu": ["triton>=3.1"],
