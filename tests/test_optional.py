@@ -57,6 +57,9 @@ def test_optional_import_converts_only_its_module(monkeypatch):
 )
 def test_integration_modules_name_their_extra(module, package, extra, monkeypatch):
     monkeypatch.setitem(sys.modules, package, None)
+    # submodules an earlier test imported would still be found: hide them too (restored after)
+    for name in [n for n in sys.modules if n.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.delitem(sys.modules, module, raising=False)  # imported anew, restored after
     with pytest.raises(MissingDependencyError) as e:
         importlib.import_module(module)
