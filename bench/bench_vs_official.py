@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """llm2vec-fast against the official llm2vec 0.2.3 on the same checkpoint and the same texts.
 
-    python bench/bench_vs_official.py [--texts 256] [--official-batch-sizes 8,16,32] [--quick]
+    python bench/bench_vs_official.py [--texts 256] [--official-batch-sizes 8,16,32] [--llamacpp]
 
 1. Sets up the official library in its own virtual environment (bench/setup_official_env.sh:
    transformers 4.44.2, tokenizers 0.19.1, huggingface_hub 0.24.6, peft 0.12.0).
@@ -14,6 +14,10 @@
    ours in float32 (default settings) and bfloat16. Tokens are counted the same way on both
    sides: the official tokenizer output after the doc_max_length and max_length cuts (ours gives
    the same ids, checked in step 3). The ratios are printed last.
+5. ``--llamacpp``: llama.cpp (llama-cpp-python, bench/.venv-llamacpp, built by
+   bench/setup_llamacpp_env.sh) on the same model's GGUF at F32, Q8_0 and Q4_1, non-causal
+   attention, mean pooling, ``n_ctx`` = max_length, truncation on (bench/llamacpp_runner.py), on
+   the same texts in the same run; its tokens/s use the same token count as the other rows.
 
 Results: bench/results/<name>.json; the table in bench/README.md is written from them by hand.
 Texts: a fixed mix of real short and long texts from gensim's test data (pang_lee_polarity
@@ -38,6 +42,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 OFFICIAL_PY = HERE / ".venv-official" / "bin" / "python"
+LLAMACPP_PY = HERE / ".venv-llamacpp" / "bin" / "python"
 INSTRUCTION = "Given a news headline or review, retrieve documents on the same topic"
 MODES = ("mean", "weighted_mean", "eos_token", "last_token")
 
@@ -199,6 +204,7 @@ def ours_throughput(
     """Our encode() on ``texts``: one warm-up pass (as the official runner does), then the best
     of ``repeats`` timed passes (synchronised on a GPU)."""
     from llm2vec_fast import LLM2Vec
+    from llm2vec_fast.pipeline import default_token_budget
 
     model = LLM2Vec.from_pretrained(model_dir, torch_dtype=dtype, device=device)
     ids, _ = model._token_ids(model._joined_strings([("", t) for t in texts]))
@@ -217,7 +223,8 @@ def ours_throughput(
         "impl": "llm2vec-fast",
         "torch_dtype": dtype,
         "kernels": model.model.attn_implementation,
-        "settings": encode_kwargs or {"batch_size": 32},
+        "settings": encode_kwargs
+        or {"batch_size": 32, "max_tokens_per_batch": default_token_budget(device, 32, 512)},
         "texts": len(texts),
         "tokens": tokens,
         "seconds": best,
@@ -226,6 +233,84 @@ def ours_throughput(
         "tokens_per_s": tokens / best,
         "input_wait_fraction": model.last_encode_stats["input_wait_fraction"],
     }
+
+
+def budget_sweep(model_dir: Path, texts: list[str], budgets: list[int], repeats: int) -> list:
+    """Ours in float32 at each token budget, with the input pipeline's threads on and off."""
+    rows = []
+    before = os.environ.get("LLM2VEC_FAST_PIPELINE")
+    try:
+        for budget in budgets:
+            for overlap in ("1", "0"):
+                os.environ["LLM2VEC_FAST_PIPELINE"] = overlap
+                r = ours_throughput(
+                    model_dir, texts, "float32", repeats, max_tokens_per_batch=budget
+                )
+                r["settings"]["pipeline_threads"] = overlap == "1"
+                rows.append(r)
+                print(
+                    f"llm2vec-fast float32 budget {budget:6d} threads={overlap}: "
+                    f"{r['tokens_per_s']:8.1f} tokens/s",
+                    flush=True,
+                )
+    finally:
+        if before is None:
+            os.environ.pop("LLM2VEC_FAST_PIPELINE", None)
+        else:
+            os.environ["LLM2VEC_FAST_PIPELINE"] = before
+    return rows
+
+
+def llamacpp_throughput(
+    texts_file: Path, tokens: int, quants: str, repeats: int, max_length: int = 512
+) -> list[dict]:
+    """llama.cpp on the default model's GGUF (bench/llamacpp_runner.py in its own environment),
+    one row per quantisation; tokens/s over ``tokens`` (the count every other row uses)."""
+    from llm2vec_fast.default_model import default_gguf_path
+
+    if not LLAMACPP_PY.exists():
+        subprocess.run(["bash", str(HERE / "setup_llamacpp_env.sh")], check=True)
+    proc = subprocess.run(
+        [
+            str(LLAMACPP_PY),
+            str(HERE / "llamacpp_runner.py"),
+            "--gguf",
+            str(default_gguf_path()),
+            "--texts",
+            str(texts_file),
+            "--quants",
+            quants,
+            "--repeats",
+            str(repeats),
+            "--threads",
+            str(torch.get_num_threads()),
+            "--max-length",
+            str(max_length),
+            "--work",
+            str(HERE / "work" / "llamacpp"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rows = []
+    for r in json.loads(proc.stdout)["results"]:
+        rows.append(
+            {
+                "impl": "llama.cpp",
+                "torch_dtype": r["quant"],
+                "settings": {"n_ctx": r["n_ctx"], "threads": r["threads"]},
+                "texts": r["texts"],
+                "tokens": tokens,
+                "llama_tokens": r["llama_tokens"],
+                "seconds": r["seconds"],
+                "texts_per_s": r["texts"] / r["seconds"],
+                "tokens_per_s": tokens / r["seconds"],
+                "llama_cpp_python": r["llama_cpp_python"],
+            }
+        )
+        print(f"llama.cpp {r['quant']:5s}: {tokens / r['seconds']:8.1f} tokens/s", flush=True)
+    return rows
 
 
 def compute_ratios(runs: list[dict]) -> dict:
@@ -243,15 +328,18 @@ def compute_ratios(runs: list[dict]) -> dict:
         ]
 
     ours32 = tps("llm2vec-fast", "float32")[0]
-    ours16 = tps("llm2vec-fast", "bfloat16")[0]
+    ours16 = (tps("llm2vec-fast", "bfloat16") or [None])[0]  # None: not run (--our-dtypes)
     official_32 = tps("official-llm2vec", "float32", 32)
     official_best = max(tps("official-llm2vec", "float32"))
     official_bf16 = tps("official-llm2vec", "bfloat16")
+    llama = [r["tokens_per_s"] for r in runs if r["impl"] == "llama.cpp"]
     return {
         "fp32_vs_official_batch32": ours32 / official_32[0] if official_32 else None,
         "fp32_vs_official_best_fp32": ours32 / official_best,
-        "bf16_vs_official_best_fp32": ours16 / official_best,
-        "bf16_vs_official_bf16": ours16 / max(official_bf16) if official_bf16 else None,
+        "bf16_vs_official_best_fp32": ours16 / official_best if ours16 else None,
+        "bf16_vs_official_bf16": ours16 / max(official_bf16) if ours16 and official_bf16 else None,
+        "fp32_vs_llamacpp_best": ours32 / max(llama) if llama else None,
+        "bf16_vs_llamacpp_best": ours16 / max(llama) if ours16 and llama else None,
     }
 
 
@@ -270,6 +358,25 @@ def main() -> None:
     ap.add_argument("--skip-parity", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--name", default="cpu-smollm2-135m")
+    ap.add_argument(
+        "--budgets",
+        default="",
+        help="also time ours in float32 at these max_tokens_per_batch values (e.g. 1024,2048,"
+        "4096,16384), each with the pipeline's threads on and off, to choose the CPU default",
+    )
+    ap.add_argument(
+        "--our-dtypes",
+        default="float32,bfloat16",
+        help="the dtypes ours runs in at its default settings",
+    )
+    ap.add_argument(
+        "--llamacpp",
+        nargs="?",
+        const="f32,q8_0,q4_1",
+        default=None,
+        metavar="QUANTS",
+        help="also time llama.cpp at these quantisations (default f32,q8_0,q4_1)",
+    )
     args = ap.parse_args()
 
     from llm2vec_fast.default_model import default_model_path
@@ -303,10 +410,16 @@ def main() -> None:
             runs += official_throughput(
                 model_dir, texts_file, "bfloat16", str(args.official_bf16_batch_size), args.repeats
             )
-        for dtype in ("float32", "bfloat16"):
+        for dtype in args.our_dtypes.split(","):
             r = ours_throughput(model_dir, texts, dtype, args.repeats)
             runs.append(r)
             print(f"llm2vec-fast {dtype}: {r['tokens_per_s']:8.1f} tokens/s", flush=True)
+        if args.budgets:
+            result["budget_sweep"] = budget_sweep(
+                model_dir, texts, [int(b) for b in args.budgets.split(",")], args.repeats
+            )
+        if args.llamacpp:
+            runs += llamacpp_throughput(texts_file, runs[-1]["tokens"], args.llamacpp, args.repeats)
         result["throughput"] = runs
 
         result["ratios"] = compute_ratios(runs)

@@ -61,7 +61,7 @@ from llm2vec_fast.io_formats import (
     write_shard,
 )
 from llm2vec_fast.optional import require
-from llm2vec_fast.pipeline import Chunk, ChunkResult, EncodePipeline
+from llm2vec_fast.pipeline import Chunk, ChunkResult, EncodePipeline, default_token_budget
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
@@ -322,7 +322,10 @@ class ShardEmbedder:
         pipe = EncodePipeline(
             m,
             self._chunks(shards),
-            max_tokens_per_batch=cfg.batch_tokens or cfg.batch_size * m.max_length,
+            max_tokens_per_batch=cfg.batch_tokens
+            or default_token_budget(
+                next(m.model.parameters()).device, cfg.batch_size, m.max_length
+            ),
             batch_size=cfg.batch_size,
             overlap=overlap,
             split_on_oom=True,

@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-tokens",
         type=int,
         default=None,
-        help="tokens per forward pass (default: batch size x max length)",
+        help="tokens per forward pass (default: batch size x max length on a GPU; on a CPU at "
+        "most 1024, which keeps the MLP's activations in cache)",
     )
     e.add_argument(
         "--dtype",

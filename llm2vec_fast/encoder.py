@@ -58,6 +58,7 @@ from llm2vec_fast.pipeline import (
     ChunkResult,
     EncodePipeline,
     chunked,
+    default_token_budget,
     in_background,
     pack_chunks,
 )
@@ -571,7 +572,9 @@ class LLM2Vec(nn.Module):
                 chunk by chunk instead).
             batch_size: at most this many texts per forward pass.
             max_tokens_per_batch: at most this many tokens per forward pass (packed, no
-                padding); default ``batch_size * max_length``. A text is never split.
+                padding); default ``batch_size * max_length`` on a GPU, at most
+                :data:`llm2vec_fast.pipeline.CPU_TOKEN_BUDGET` (1024) on a CPU, never under
+                ``max_length``. A text is never split.
             normalize_embeddings: L2-normalise each embedding.
             convert_to_numpy: return a numpy array; else a torch tensor (on the CPU).
             device: run on this device (default: where the model is), or on a list of
@@ -705,11 +708,13 @@ class LLM2Vec(nn.Module):
         self.eval()
         return self._pipeline if devices is None else functools.partial(self._on_devices, devices)
 
-    def _check_batch_args(self, batch_size, max_tokens_per_batch) -> int:
+    def _check_batch_args(self, batch_size, max_tokens_per_batch) -> int | None:
+        """Both checked; ``None`` (the device's default budget, chosen when the device is
+        known: :func:`llm2vec_fast.pipeline.default_token_budget`) stays ``None``."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         if max_tokens_per_batch is None:
-            return batch_size * self.max_length
+            return None
         if not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch <= 0:
             raise ValueError(
                 f"max_tokens_per_batch must be a positive integer; got {max_tokens_per_batch!r}"
@@ -743,6 +748,8 @@ class LLM2Vec(nn.Module):
             rate = seen["tokens"] / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(tok_s=f"{rate:,.0f}", refresh=False)
 
+        if max_tokens_per_batch is None:
+            max_tokens_per_batch = default_token_budget(self._device(), batch_size, self.max_length)
         pipe = EncodePipeline(
             self,
             chunked(pairs, chunk_size, first=2 * batch_size),
@@ -768,6 +775,8 @@ class LLM2Vec(nn.Module):
         tokenized and packed here on a thread, as on one device, their batches run by one
         worker process per device as each frees up; each chunk handed out, in input order, once
         all its batches are back."""
+        if max_tokens_per_batch is None:  # the parent packs for every worker
+            max_tokens_per_batch = default_token_budget(devices[0], batch_size, self.max_length)
         packed = in_background(
             pack_chunks(
                 self, chunked(pairs, chunk_size, first=2 * batch_size), max_tokens_per_batch,

@@ -54,12 +54,29 @@ __all__ = [
     "EncodePipeline",
     "PackedChunk",
     "chunked",
+    "default_token_budget",
     "in_background",
     "overlap_default",
     "pack_chunks",
 ]
 
 _POLL_S = 0.1  # how often a blocked stage checks whether it should stop
+
+
+# The CPU's default token budget per forward pass (measured: bench/README.md, "llm2vec-fast vs
+# the official llm2vec, CPU"): small batches keep the MLP's [tokens, intermediate] activations in
+# the caches, which on a CPU outweighs the larger matrix products of bigger batches.
+CPU_TOKEN_BUDGET = 1024
+
+
+def default_token_budget(device: torch.device | str, batch_size: int, max_length: int) -> int:
+    """The token budget of a batch when the caller names none: ``batch_size * max_length`` on
+    an accelerator (large batches fill it); on a CPU at most :data:`CPU_TOKEN_BUDGET` (and never
+    under ``max_length``, so the longest text still fits)."""
+    budget = batch_size * max_length
+    if torch.device(device).type == "cpu":
+        budget = min(budget, max(CPU_TOKEN_BUDGET, max_length))
+    return budget
 
 
 def overlap_default() -> bool:

@@ -15,7 +15,14 @@ from torch.testing import assert_close
 
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.packing import pack_token_ids
-from llm2vec_fast.pipeline import Chunk, EncodePipeline, chunked, split_batch
+from llm2vec_fast.pipeline import (
+    CPU_TOKEN_BUDGET,
+    Chunk,
+    EncodePipeline,
+    chunked,
+    default_token_budget,
+    split_batch,
+)
 from llm2vec_fast.testing import make_tiny_checkpoint, resident_memory_mb
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
@@ -295,3 +302,12 @@ def test_repeated_calls_leak_neither_threads_nor_memory(model):
     assert resident_memory_mb() - start < 25, (
         f"resident memory grew {resident_memory_mb() - start:.1f} MB over 40 rounds"
     )
+
+
+def test_default_token_budget_is_small_on_the_cpu_and_batch_times_length_elsewhere():
+    assert default_token_budget("cuda:0", 32, 512) == 32 * 512
+    assert default_token_budget(torch.device("cuda"), 4, 100) == 400
+    assert default_token_budget("cpu", 32, 512) == min(32 * 512, CPU_TOKEN_BUDGET)
+    assert default_token_budget("cpu", 2, 100) == 200  # batch_size * max_length is smaller
+    # never under max_length: the longest text must fit in a batch alone
+    assert default_token_budget("cpu", 32, 4 * CPU_TOKEN_BUDGET) == 4 * CPU_TOKEN_BUDGET
