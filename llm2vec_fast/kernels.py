@@ -16,13 +16,9 @@ the modules sit beside it in ``llm2vec_fast/kernels/``; in a source checkout (ed
 they are the repository's ``kernels/``. ``tests/test_import_shadowing.py`` guards both.
 """
 
-from pathlib import Path as _Path
+from llm2vec_fast._layout import subpackage_path
 
-_here = _Path(__file__).resolve().parent
-# the installed wheel's folder beside this file first, then the source checkout's top-level one
-__path__ = [str(p) for p in (_here / "kernels", _here.parent / "kernels") if p.is_dir()][:1]
-if not __path__:
-    raise ImportError(f"llm2vec_fast.kernels: no kernels folder beside {_here}")
+__path__ = subpackage_path(__file__, "kernels")
 
 from llm2vec_fast.kernels.attention import varlen_attention_ref, varlen_attention_sdpa  # noqa: E402
 from llm2vec_fast.kernels.dispatch import segment_pool, varlen_attention  # noqa: E402

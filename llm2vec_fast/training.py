@@ -15,12 +15,9 @@ module makes itself the package by pointing ``__path__`` at that folder (as
 :mod:`llm2vec_fast.kernels` does, which says why).
 """
 
-from pathlib import Path as _Path
+from llm2vec_fast._layout import subpackage_path
 
-_here = _Path(__file__).resolve().parent
-__path__ = [str(p) for p in (_here / "training", _here.parent / "training") if p.is_dir()][:1]
-if not __path__:
-    raise ImportError(f"llm2vec_fast.training: no training folder beside {_here}")
+__path__ = subpackage_path(__file__, "training")
 
 
 from llm2vec_fast.training.data import DataError, mntp_mask, pack  # noqa: E402
