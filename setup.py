@@ -82,7 +82,7 @@ setup(
         "numpy>=2.0",
         "tqdm",
         "gguf>=0.16",
-        "accelerate>=1.1",
+        "accelerate>=1.10",
         "peft>=0.18",
     ],
     extras_require={
