@@ -313,6 +313,32 @@ def llamacpp_throughput(
     return rows
 
 
+def roofline(model_dir: Path, texts: list[str], runs: list[dict]) -> dict:
+    """This machine's float32 matmul rate and the model's FLOPs per token (bench/roofline.py),
+    measured after the throughput rows; each row gains its achieved GFLOP/s and fraction of that
+    peak. Token lengths come from ours (the same ids as the official library, as step 3 checks)."""
+    from roofline import annotate, machine_rates, model_flops_per_token
+    from transformers import AutoConfig
+
+    from llm2vec_fast import LLM2Vec
+
+    model = LLM2Vec.from_pretrained(str(model_dir))
+    feats = model.tokenize([model.prepare_for_tokenization(t) for t in texts])
+    lengths = feats["attention_mask"].sum(dim=1).tolist()
+    del model
+    cfg = AutoConfig.from_pretrained(model_dir)
+    flops = model_flops_per_token(cfg, lengths)
+    rates = machine_rates(cfg)
+    annotate(runs, flops, rates)
+    for r in runs:
+        print(
+            f"{r['impl']:>18} {r['torch_dtype']:>8} {r['tokens_per_s']:8.1f} tok/s "
+            f"= {r['achieved_gflops']:6.1f} GFLOP/s, {r['fraction_of_fp32_matmul_peak']:.2f} of peak",
+            flush=True,
+        )
+    return {"model": flops, "machine": rates}
+
+
 def compute_ratios(runs: list[dict]) -> dict:
     """The issue's targets: ours (float32, default settings) against the official library at
     batch 32 and at its best batch size, both float32; ours in bfloat16 against the official
@@ -421,6 +447,7 @@ def main() -> None:
         if args.llamacpp:
             runs += llamacpp_throughput(texts_file, runs[-1]["tokens"], args.llamacpp, args.repeats)
         result["throughput"] = runs
+        result["roofline"] = roofline(model_dir, texts, runs)
 
         result["ratios"] = compute_ratios(runs)
 
