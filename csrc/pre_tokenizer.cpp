@@ -132,21 +132,13 @@ void apply_behavior(const std::vector<Segment>& segs, Behavior behavior,
       for (const Segment& s : segs)
         if (!s.match) out.emplace_back(s.start, s.end);
       return;
-    case Behavior::Contiguous: {
+    case Behavior::Contiguous:  // a segment joins the previous one of the same kind
+    case Behavior::MergedWithPrevious: {  // a match joins the non-match before it
+      const bool contiguous = behavior == Behavior::Contiguous;
       bool previous = false;
       for (const Segment& s : segs) {
-        if (s.match == previous && !out.empty())
-          out.back().second = s.end;
-        else
-          out.emplace_back(s.start, s.end);
-        previous = s.match;
-      }
-      return;
-    }
-    case Behavior::MergedWithPrevious: {
-      bool previous = false;
-      for (const Segment& s : segs) {
-        if (s.match && !previous && !out.empty())
+        const bool join = contiguous ? s.match == previous : s.match && !previous;
+        if (join && !out.empty())
           out.back().second = s.end;
         else
           out.emplace_back(s.start, s.end);
