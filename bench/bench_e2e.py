@@ -35,8 +35,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_data import random_checkpoint, read_articles, tokenizer_and_articles  # noqa: E402
 from bench_pipeline import mixed_texts  # noqa: E402
-from bench_training import gensim_data, random_checkpoint, read_articles  # noqa: E402
 from bench_vs_official import ours_throughput, run_official  # noqa: E402
 
 
@@ -56,14 +56,8 @@ def main() -> None:
     ap.add_argument("--out", help="results JSON (default bench/results/...)")
     args = ap.parse_args()
 
-    if args.assets:
-        tok_dir = Path(args.assets) / "tokenizer"
-        articles = read_articles(Path(args.assets) / "lee_background.cor")
-    else:
-        from llm2vec_fast.default_model import default_model_path
-
-        tok_dir = default_model_path()
-        articles = read_articles(gensim_data() / "lee_background.cor")
+    tok_dir, articles_file = tokenizer_and_articles(args.assets)  # --model: a checkpoint
+    articles = read_articles(articles_file)
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     if args.model:
         model_dir, tag = Path(args.model), Path(args.model).name

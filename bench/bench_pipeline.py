@@ -53,7 +53,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_training import gensim_data, random_checkpoint, read_articles, split_sentences  # noqa: E402
+from bench_data import (  # noqa: E402
+    random_checkpoint,
+    read_articles,
+    split_sentences,
+    tokenizer_and_articles,
+)
 
 from llm2vec_fast import LLM2Vec  # noqa: E402
 
@@ -143,14 +148,8 @@ def main() -> None:
     ap.add_argument("--out", help="results JSON (default bench/results/...)")
     args = ap.parse_args()
 
-    if args.assets:
-        tok_dir = Path(args.assets) / "tokenizer"
-        articles = read_articles(Path(args.assets) / "lee_background.cor")
-    else:
-        from llm2vec_fast.default_model import default_model_path
-
-        tok_dir = Path(args.model) if args.model else default_model_path()
-        articles = read_articles(gensim_data() / "lee_background.cor")
+    tok_dir, articles_file = tokenizer_and_articles(args.assets, args.model)
+    articles = read_articles(articles_file)
     if args.random_weights:
         work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
         model_dir = random_checkpoint(args.random_weights, tok_dir, work / "model", args.seed)

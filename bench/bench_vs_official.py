@@ -41,19 +41,13 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_data import gensim_data  # noqa: E402
+
 OFFICIAL_PY = HERE / ".venv-official" / "bin" / "python"
 LLAMACPP_PY = HERE / ".venv-llamacpp" / "bin" / "python"
 INSTRUCTION = "Given a news headline or review, retrieve documents on the same topic"
 MODES = ("mean", "weighted_mean", "eos_token", "last_token")
-
-
-def gensim_data() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("this benchmark needs gensim (pip install gensim) for its texts")
-    return Path(spec.submodule_search_locations[0]) / "test" / "test_data"
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:

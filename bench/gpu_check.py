@@ -37,6 +37,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LIVE: set = set()  # the jobs' running processes, each the leader of its process group
 ROOT, PY = HERE.parent, sys.executable
+sys.path.insert(0, str(HERE))  # the sibling modules, also where this file is loaded by path
+from gpu_check_report import (  # noqa: E402
+    e2e_figures,
+    kernel_figures,
+    load_json,
+    summarize_pytest,
+    training_figures,
+)
+from gpu_check_tasks import ENV_SNIPPET, worker_checkpoint, worker_kernels  # noqa: E402
+
 OFFICIAL = ["transformers==4.44.2", "tokenizers==0.19.1", "huggingface_hub==0.24.6", "peft==0.12.0"]
 OFFICIAL_SDIST = "llm2vec==0.2.3"  # PyPI has no wheel of it: built here (pure Python)
 SMOLLM2_TOKENIZER = "smollm2-tokenizer.json"  # in the assets: see pytest_configure
@@ -57,29 +67,6 @@ TINY_MODELS = {  # the dry run's checkpoints, over SmolLM2's tokenizer and confi
 }  # fmt: skip
 TINY_COMMON = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
                "intermediate_size": 128, "tie_word_embeddings": False}  # fmt: skip
-KERNEL_SHAPES = {  # (texts, tokens, max length) of the mixed batch and of the elementwise ops
-    "gpu": {"mixed": (103, 16_800, 512), "elementwise": (103, 16_800, 512), "heads": (32, 32, 128),
-            "equal": (128, 512, 2048), "equal_total": 16_384, "flex": True,
-            "matmul_n": 8192, "copy_bytes": 2**30},
-    "tiny": {"mixed": (4, 40, 16), "elementwise": (2, 8, 4), "heads": (2, 2, 16), "equal": (16,),
-             "equal_total": 32, "flex": False, "matmul_n": 64, "copy_bytes": 2**20},
-}  # fmt: skip
-ENV_SNIPPET = """
-import importlib.metadata as md, json, platform, sys, torch
-d = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-     "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    d |= {"capability": f"{p.major}.{p.minor}", "sm_count": p.multi_processor_count,
-          "memory_gib": round(p.total_memory / 2**30, 1), "cudnn": torch.backends.cudnn.version()}
-for name in sys.argv[2:]:
-    try:
-        d[name] = md.version(name)
-    except md.PackageNotFoundError:
-        d[name] = None
-__import__("llm2vec" if sys.argv[1] == "official" else "llm2vec_fast._C")  # the stack imports
-print("GPU_CHECK_" + sys.argv[1].upper(), json.dumps(d))
-"""
 
 
 class Job:
@@ -190,151 +177,6 @@ def gpu_test_files() -> list[str]:
     """The test files that mark tests ``gpu``, relative to the repository."""
     files = sorted((ROOT / "tests").rglob("test_*.py"))
     return [str(f.relative_to(ROOT)) for f in files if "mark.gpu" in f.read_text(encoding="utf-8")]
-
-
-def _load(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------- workers
-
-
-def _host_bench(fn, grad_to_none=None, warmup=None, rep=None):
-    """The dry run's stand-in for triton's do_bench (CUDA events): (median, min, max) ms of
-    two host-timed calls after a warm-up."""
-    times = []
-    for _ in range(3):
-        for t in grad_to_none or ():
-            t.grad = None
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sum(times[1:]) / 2, min(times[1:]), max(times[1:])
-
-
-def worker_kernels(out: Path, tiny: bool) -> int:
-    """bench_kernels.py's measurements, the JSON rewritten after each part: rates,
-    elementwise (pooling), the mixed batch (with Flex), equal lengths (without)."""
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    import bench_kernels as bk
-
-    cuda = torch.cuda.is_available()
-    if not cuda:  # the dry run: kernels under TRITON_INTERPRET=1 on the CPU, host timers
-        bk.DEVICE, bk._bench = "cpu", _host_bench
-        torch.cuda.synchronize = lambda *a, **k: None
-    dtype = torch.bfloat16 if cuda else torch.float32  # bf16 is wrong in the interpreter
-    meta = bk._meta() if cuda else {"device": "cpu", "torch": torch.__version__}
-    s = KERNEL_SHAPES["tiny" if tiny else "gpu"]
-    hq, hkv, d = s["heads"]
-    res = {"dry_run": not cuda, "meta": meta, "shapes": s, "dtype": str(dtype)[6:], "done": [],
-           "rates": None, "lengths": None, "notes": [], "rows": []}  # fmt: skip
-
-    def save(part):
-        bk.add_floors(res["rows"], res["rates"])
-        res["done"].append(part)
-        out.write_text(json.dumps(res, indent=1) + "\n")
-        print(f"kernels: {part} done", flush=True)
-
-    res["rates"] = bk.hardware_rates(dtype, n=s["matmul_n"], copy_bytes=s["copy_bytes"])
-    save("rates")
-    bk.bench_elementwise(*s["elementwise"], dtype, meta, res["rows"])
-    save("elementwise")
-    res["lengths"] = bk.batch_lengths(*s["mixed"])
-    bk.bench_attention(f"mha{hq}-d{d}", hq, hkv, d, res["lengths"], dtype, not s["flex"], meta,
-                       res["rows"], res["notes"])  # fmt: skip
-    save("attention mixed")
-    for n in s["equal"]:  # no Flex here: a compile per shape
-        lengths = bk.equal_lengths(n, s["equal_total"])
-        bk.bench_attention(f"mha{hq}-d{d}-eq{n}", hq, hkv, d, lengths, dtype, True, meta,
-                           res["rows"], res["notes"])  # fmt: skip
-        save(f"attention eq{n}")
-    bk.print_table(res["rows"])
-    print("\n".join(f"note: {n}" for n in res["notes"]))
-    return 0
-
-
-def worker_checkpoint(spec: str, tokenizer: str, dest: str) -> int:
-    sys.path.insert(0, str(HERE))
-    from bench_training import random_checkpoint
-
-    random_checkpoint(spec, Path(tokenizer), Path(dest))
-    return 0
-
-
-# ---------------------------------------------------------------------------------- figures
-
-
-def summarize_pytest(text: str, status: str) -> dict:
-    """pytest's closing line and counts; a run cut before it: the counts of its -v lines."""
-    final = [
-        ln.strip("= ") for ln in text.splitlines() if re.search(r"\d+ (passed|failed|skip)", ln)
-    ]
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) ([a-z]+)", final[-1] if final else "")}
-    if not final:
-        for ln in text.splitlines():
-            m = re.search(r"\b(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", ln)
-            if m and "::" in ln:
-                counts[m.group(1).lower()] = counts.get(m.group(1).lower(), 0) + 1
-    return {
-        "status": status,
-        "counts": counts,
-        "summary_line": final[-1] if final else None,
-        "short_summary": [ln for ln in text.splitlines() if re.match(r"(FAILED|ERROR) ", ln)][:200],
-        "tail": text[-6000:],
-    }
-
-
-def kernel_figures(k: dict) -> list[str]:
-    rates, groups = k["rates"], {}
-    out = [
-        f"rates: matmul {rates['matmul_tflops']:.3g} TFLOP/s, copy {rates['copy_gbps']:.3g} GB/s"
-    ]
-    for r in k["rows"]:
-        groups.setdefault((r["op"], r["config_name"], r["pass"]), {})[r["impl"]] = r
-    for (op, name, p), by in groups.items():
-        ours = by.get("ours-triton")
-        head = f"{op} {name} {p}: ours {ours['ms_median']:.3f} ms" if ours else ""
-        if ours and op == "attention":
-            rel = ", ".join(f"{i.removeprefix('sdpa-')} {r['ms_median'] / ours['ms_median']:.2f}x"
-                            for i, r in by.items() if r is not ours)  # fmt: skip
-            out.append(f"{head} ({ours['tflops']:.3g} TFLOP/s); their time / ours: {rel}")
-        elif ours and op == "pool":
-            share = ours["gbps"] / rates["copy_gbps"]
-            out.append(f"{head}, {ours['gbps']:.3g} GB/s = {share:.2f} of the copy bandwidth")
-    return out
-
-
-def e2e_figures(e: dict) -> list[str]:
-    ours = next(r for r in e["rows"] if r["impl"] == "llm2vec-fast")
-    line = f"ours {ours['tokens_per_s']:,.0f} tokens/s ({ours['kernels']}, {ours['tokens']:,} tok.)"
-    off = [r for r in e["rows"] if r["impl"] == "official-llm2vec"]
-    if off:
-        best = max(off, key=lambda r: r["tokens_per_s"])
-        line += f"; official best {best['tokens_per_s']:,.0f} (batch {best['batch_size']})"
-        line += f": ours {e['ours_over_official_best']:.2f}x"
-    return [line]
-
-
-def training_figures(t: dict) -> list[str]:
-    out = []
-    for r in t["runs"]:
-        if "error" in r:
-            out.append(f"{r['objective']} {r['side']}: failed: {r['error'][:150]}")
-            continue
-        m = r["memory"]
-        peak = m.get("cuda_max_allocated_bytes", m.get("peak_estimate_bytes")) or 0
-        out.append(f"{r['objective']} {r['batch_size']}x{r['max_seq_length']} {r['precision']} "
-                   f"{r['side']}: {r['timed']['tokens_per_s']:,.0f} tokens/s, peak "
-                   f"{peak / 2**30:.2f} GiB")  # fmt: skip
-    for key, v in t.get("ratios", {}).items():
-        mem = f"{v['peak_memory']:.2f}x" if v["peak_memory"] else "-"
-        out.append(f"{key} ours / official: tokens/s {v['tokens_per_s']:.2f}x, peak memory {mem}")
-    return out
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -480,7 +322,7 @@ class Check:
         path = self.out / "kernels.json"
         cmd = [PY, __file__, "--worker", "kernels", path] + ["--dry-run"] * self.dry
         rec, _ = self.run("kernels", [cmd], {"TRITON_INTERPRET": "1"} if self.dry else None)
-        k = _load(path)
+        k = load_json(path)
         rec["parts_done"] = k["done"] if k else []
         self.record(rec, kernel_figures(k) if k else None)
 
@@ -503,7 +345,7 @@ class Check:
                "--official-batch-sizes", "4" if self.dry else batches]  # fmt: skip
         off = ["--official-python", self.official_py] if self.official_py else ["--skip-official"]
         rec, _ = self.run(name, [cmd + off])
-        e = _load(path)
+        e = load_json(path)
         self.record(rec, self._official(rec, e2e_figures(e) if e else []))
         if model == "mistral-7b" and not self.dry:
             shutil.rmtree(ckpt, ignore_errors=True)  # 14.5 GB of disk
@@ -526,7 +368,7 @@ class Check:
         rec, _ = self.run("training", cmds)
         merged = None
         for p in parts:  # into one training.json (the file count stays under 8)
-            t = _load(p)
+            t = load_json(p)
             if t and merged:
                 merged["runs"] += t["runs"]
                 merged["ratios"] |= t["ratios"]

@@ -233,19 +233,23 @@ def run_case(l2v, case, batch_size, device=None):
     return rec
 
 
-def versions():
+OFFICIAL_PACKAGES = (
+    "llm2vec",
+    "transformers",
+    "tokenizers",
+    "torch",
+    "peft",
+    "huggingface-hub",
+    "numpy",
+)
+
+
+def versions(packages=OFFICIAL_PACKAGES):
+    """{package: installed version, or None}."""
     import importlib.metadata as md
 
     out = {}
-    for pkg in (
-        "llm2vec",
-        "transformers",
-        "tokenizers",
-        "torch",
-        "peft",
-        "huggingface-hub",
-        "numpy",
-    ):
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

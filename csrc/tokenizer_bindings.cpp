@@ -20,7 +20,64 @@ namespace tk = l2vf::tok;
 
 namespace {
 
-// The spec dict built by llm2vec_fast/tokenizer.py -> TokenizerSpec.
+// Each step dict of d[key], by its "type", through `parse`.
+template <typename Step, typename Parse>
+std::vector<Step> steps_from(const py::dict& d, const char* key, Parse parse) {
+  std::vector<Step> steps;
+  for (auto item : d[key].cast<py::list>()) {
+    const py::dict step = item.cast<py::dict>();
+    steps.push_back(parse(step, step["type"].cast<std::string>()));
+  }
+  return steps;
+}
+
+tk::NormalizerStep normalizer_step(const py::dict& step, const std::string& kind) {
+  tk::NormalizerStep s;
+  if (kind == "prepend") {
+    s.op = tk::NormOp::Prepend;
+    s.a = step["prepend"].cast<std::string>();
+  } else if (kind == "replace") {
+    s.op = tk::NormOp::Replace;
+    s.a = step["pattern"].cast<std::string>();
+    s.b = step["content"].cast<std::string>();
+  } else if (kind == "nfc") {
+    s.op = tk::NormOp::Nfc;
+  } else if (kind == "strip") {
+    s.op = tk::NormOp::Strip;
+    s.left = step["left"].cast<bool>();
+    s.right = step["right"].cast<bool>();
+  } else {
+    throw py::value_error("unknown normalizer step '" + kind + "'");
+  }
+  return s;
+}
+
+tk::PreTokenizerStep pre_tokenizer_step(const py::dict& step, const std::string& kind) {
+  tk::PreTokenizerStep s;
+  if (kind == "byte_level") {
+    s.op = tk::PreOp::ByteLevel;
+    s.add_prefix_space = step["add_prefix_space"].cast<bool>();
+    s.use_regex = step["use_regex"].cast<bool>();
+  } else if (kind == "split_string" || kind == "split_regex") {
+    s.op = kind == "split_string" ? tk::PreOp::SplitString : tk::PreOp::SplitRegex;
+    if (kind == "split_string")
+      s.pattern = step["pattern"].cast<std::string>();
+    else
+      s.regex = static_cast<tk::RegexKind>(step["regex"].cast<int>());
+    s.behavior = static_cast<tk::Behavior>(step["behavior"].cast<int>());
+    s.invert = step["invert"].cast<bool>();
+  } else if (kind == "metaspace") {
+    s.op = tk::PreOp::Metaspace;
+    s.replacement = step["replacement"].cast<std::string>();
+    s.prepend = static_cast<tk::PrependScheme>(step["prepend_scheme"].cast<int>());
+    s.split = step["split"].cast<bool>();
+  } else {
+    throw py::value_error("unknown pre-tokenizer step '" + kind + "'");
+  }
+  return s;
+}
+
+// The spec dict built by llm2vec_fast/tokenizer_json.py -> TokenizerSpec.
 tk::TokenizerSpec spec_from_dict(const py::dict& d) {
   tk::TokenizerSpec spec;
   for (auto item : d["added_tokens"].cast<py::list>()) {
@@ -29,54 +86,8 @@ tk::TokenizerSpec spec_from_dict(const py::dict& d) {
                                                    std::get<2>(t), std::get<3>(t),
                                                    std::get<4>(t)});
   }
-  for (auto item : d["normalizer"].cast<py::list>()) {
-    const py::dict step = item.cast<py::dict>();
-    const std::string kind = step["type"].cast<std::string>();
-    tk::NormalizerStep s;
-    if (kind == "prepend") {
-      s.op = tk::NormOp::Prepend;
-      s.a = step["prepend"].cast<std::string>();
-    } else if (kind == "replace") {
-      s.op = tk::NormOp::Replace;
-      s.a = step["pattern"].cast<std::string>();
-      s.b = step["content"].cast<std::string>();
-    } else if (kind == "nfc") {
-      s.op = tk::NormOp::Nfc;
-    } else if (kind == "strip") {
-      s.op = tk::NormOp::Strip;
-      s.left = step["left"].cast<bool>();
-      s.right = step["right"].cast<bool>();
-    } else {
-      throw py::value_error("unknown normalizer step '" + kind + "'");
-    }
-    spec.normalizer.push_back(std::move(s));
-  }
-  for (auto item : d["pre_tokenizer"].cast<py::list>()) {
-    const py::dict step = item.cast<py::dict>();
-    const std::string kind = step["type"].cast<std::string>();
-    tk::PreTokenizerStep s;
-    if (kind == "byte_level") {
-      s.op = tk::PreOp::ByteLevel;
-      s.add_prefix_space = step["add_prefix_space"].cast<bool>();
-      s.use_regex = step["use_regex"].cast<bool>();
-    } else if (kind == "split_string" || kind == "split_regex") {
-      s.op = kind == "split_string" ? tk::PreOp::SplitString : tk::PreOp::SplitRegex;
-      if (kind == "split_string")
-        s.pattern = step["pattern"].cast<std::string>();
-      else
-        s.regex = static_cast<tk::RegexKind>(step["regex"].cast<int>());
-      s.behavior = static_cast<tk::Behavior>(step["behavior"].cast<int>());
-      s.invert = step["invert"].cast<bool>();
-    } else if (kind == "metaspace") {
-      s.op = tk::PreOp::Metaspace;
-      s.replacement = step["replacement"].cast<std::string>();
-      s.prepend = static_cast<tk::PrependScheme>(step["prepend_scheme"].cast<int>());
-      s.split = step["split"].cast<bool>();
-    } else {
-      throw py::value_error("unknown pre-tokenizer step '" + kind + "'");
-    }
-    spec.pre_tokenizer.push_back(std::move(s));
-  }
+  spec.normalizer = steps_from<tk::NormalizerStep>(d, "normalizer", normalizer_step);
+  spec.pre_tokenizer = steps_from<tk::PreTokenizerStep>(d, "pre_tokenizer", pre_tokenizer_step);
   const py::dict vocab = d["vocab"].cast<py::dict>();
   spec.model.vocab.reserve(vocab.size());
   for (auto kv : vocab)
