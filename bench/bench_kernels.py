@@ -1,7 +1,7 @@
 """GPU micro-benchmarks of the Triton kernels against the PyTorch paths, in one run.
 
 Attention (forward, and forward+backward) on one packed batch of mixed texts like the
-ENVIRONMENT-NOTES anchor (103 texts, about 16.8k tokens, max 512; lengths drawn from a fixed
+project's H100 anchor batch (103 texts, about 16.8k tokens, max 512; lengths drawn from a fixed
 seed), at three head layouts: 32/32 heads D 128 (the anchor), GQA 32/8 D 128, SmolLM2's 9/3
 D 64. Each against, measured in the same run:
 
