@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from llm2vec_fast.packing import PackedBatch, pack_token_ids
 
@@ -92,9 +91,16 @@ class Chunk:
     offset: int
     pairs: list[tuple[str, str]]
     meta: Any = None  # carried through untouched (the batch job's shard records)
+    # the number of texts when ``pairs`` is not kept (a worker gets packed batches only)
+    count: int | None = None
     # set by pack_chunks: the items whose pooled span is empty (no token of the text is pooled:
     # it tokenizes to nothing, or nothing of it is left after the doc_max_length cut)
     empty_pooled: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """The number of texts in the chunk."""
+        return len(self.pairs) if self.count is None else self.count
 
 
 @dataclass
@@ -280,7 +286,7 @@ class _Ready:
 
     chunk: Chunk
     batch: PackedBatch
-    tensors: dict
+    on_device: PackedBatch  # the same batch as torch tensors on the device
     event: Any  # torch.cuda.Event after the copy, or None
 
 
@@ -303,7 +309,9 @@ class EncodePipeline:
     """Chunks of ``(instruction, text)`` pairs in, each chunk's embeddings out, in order.
 
     Args:
-        encoder: the :class:`~llm2vec_fast.encoder.LLM2Vec` whose model runs the batches.
+        text: the :class:`~llm2vec_fast.text.TextProcessor` that turns chunks into token ids
+            (None when ``packed`` is given).
+        runner: the :class:`~llm2vec_fast.runner.EncoderRunner` that runs the batches.
         chunks: an iterable of :class:`Chunk` (see :func:`chunked`); consumed lazily, on the
             tokenize thread. Or None, and ``packed``: an iterable of :class:`PackedChunk`,
             batches packed already (consumed lazily on the tokenize thread all the same).
@@ -314,14 +322,16 @@ class EncodePipeline:
         split_on_oom: on out-of-memory, split the batch in two (by tokens and count) and run
             the halves; a text that does not fit alone is reported in ``failed`` (NaN row).
             Off: the error propagates.
-        run_batch: replaces the model call ``(tensors, batch) -> hidden`` (tests).
+        run_batch: replaces the model call ``(on_device, batch) -> hidden``: the batch on the
+            device and as packed (tests, the batch job).
         on_batch: called with each finished :class:`PackedBatch` (progress bars).
         stop: the event set when the pipeline closes (a source that blocks can poll it).
     """
 
     def __init__(
         self,
-        encoder,
+        text,
+        runner,
         chunks: Iterable[Chunk] | None,
         *,
         max_tokens_per_batch: int = 0,
@@ -336,7 +346,7 @@ class EncodePipeline:
         on_batch: Callable[[PackedBatch], None] | None = None,
         stop: threading.Event | None = None,
     ):
-        self.enc = encoder
+        self.runner = runner
         self.budget = int(max_tokens_per_batch)
         self.batch_size = int(batch_size)
         self.token_level = token_level
@@ -344,9 +354,9 @@ class EncodePipeline:
         self.split_on_oom = split_on_oom
         self.run_batch = run_batch
         self.on_batch = on_batch
-        self.device = encoder._device()
+        self.device = runner.device
         self.cuda = self.device.type == "cuda"
-        self.hidden = int(encoder.model.config.hidden_size)
+        self.hidden = runner.hidden_size
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.stats = {"texts": 0, "tokens": 0, "batches": 0, "chunks": 0, "oom_splits": 0}
         self._busy = {"tokenize_s": 0.0, "transfer_s": 0.0}
@@ -356,7 +366,7 @@ class EncodePipeline:
         if chunks is not None:
             if self.budget <= 0 or self.batch_size <= 0:
                 raise ValueError("max_tokens_per_batch and batch_size must be positive")
-            packed = pack_chunks(encoder, chunks, self.budget, self.batch_size, self._busy)
+            packed = pack_chunks(text, chunks, self.budget, self.batch_size, self._busy)
         else:
             packed = iter(packed)
         if self.overlap:
@@ -376,14 +386,14 @@ class EncodePipeline:
         for item in packed:
             for batch in item.batches:
                 t0 = time.perf_counter()
-                tensors, event = self._to_device(batch)
+                on_device, event = self._to_device(batch)
                 self._busy["transfer_s"] += time.perf_counter() - t0
-                yield _Ready(item.chunk, batch, tensors, event)
+                yield _Ready(item.chunk, batch, on_device, event)
             yield _ChunkEnd(item.chunk)
 
-    def _to_device(self, batch: PackedBatch) -> tuple[dict, Any]:
+    def _to_device(self, batch: PackedBatch) -> tuple[PackedBatch, Any]:
         if not self.cuda:
-            return batch.to_torch(self.device), None
+            return batch.to(self.device), None
         # one pinned buffer, one copy: ids | position ids | pool mask | cu_seqlens (int32)
         n, b = batch.n_tokens, batch.n_texts
         host = torch.empty(3 * n + b + 1, dtype=torch.int32, pin_memory=True)
@@ -394,15 +404,17 @@ class EncodePipeline:
         h[3 * n :] = batch.cu_seqlens
         with torch.cuda.stream(self._copy_stream):
             dev = host.to(self.device, non_blocking=True)
-            tensors = {
-                "input_ids": dev[:n].long(),
-                "position_ids": dev[n : 2 * n],
-                "pool_mask": dev[2 * n : 3 * n].bool(),
-                "cu_seqlens": dev[3 * n :],
-            }
+            on_device = PackedBatch(
+                batch.indices,
+                input_ids=dev[:n].long(),
+                cu_seqlens=dev[3 * n :],
+                position_ids=dev[n : 2 * n],
+                pool_mask=dev[2 * n : 3 * n].bool(),
+                max_seqlen=int(batch.max_seqlen),
+            )
             event = torch.cuda.Event()
             event.record(self._copy_stream)
-        return tensors, event
+        return on_device, event
 
     # -- stage 3: the model (caller's thread)
 
@@ -414,7 +426,7 @@ class EncodePipeline:
         def done(chunk: Chunk) -> ChunkResult:
             res = results.pop(chunk.index, None) or self._new_result(chunk)
             self.stats["chunks"] += 1
-            self.stats["texts"] += len(chunk.pairs)
+            self.stats["texts"] += chunk.size
             return res
 
         def flush() -> Iterator[ChunkResult]:
@@ -455,7 +467,7 @@ class EncodePipeline:
                 if item.chunk.index not in results:
                     results[item.chunk.index] = self._new_result(item.chunk)
                 try:
-                    launched = self._launch(item.chunk, item.batch, item.tensors, item.event)
+                    launched = self._launch(item.chunk, item.batch, item.on_device, item.event)
                 except Exception as exc:
                     if not (self.split_on_oom and _is_oom(exc)):
                         raise
@@ -476,36 +488,27 @@ class EncodePipeline:
             self.close()
 
     def _new_result(self, chunk: Chunk) -> ChunkResult:
-        n = len(chunk.pairs)
+        n = chunk.size
         emb: Any = [None] * n if self.token_level else np.full((n, self.hidden), np.nan, np.float32)
         return ChunkResult(chunk, emb)
 
-    def _model(self, tensors: dict, batch: PackedBatch) -> torch.Tensor:
-        if self.run_batch is not None:
-            return self.run_batch(tensors, batch)
-        return self.enc._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
-
-    def _launch(self, chunk: Chunk, batch: PackedBatch, tensors: dict, event) -> _Pending:
+    def _launch(self, chunk: Chunk, batch: PackedBatch, on_device: PackedBatch, event) -> _Pending:
         if event is not None:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(event)  # the device waits for the copy; the host does not
-            for t in tensors.values():
+            batch_tensors = (on_device.input_ids, on_device.position_ids, on_device.pool_mask)
+            for t in (*batch_tensors, on_device.cu_seqlens):
                 t.record_stream(stream)
         with torch.inference_mode():
-            hidden = self._model(tensors, batch)
-            if self.token_level:
-                keep = tensors["pool_mask"]
-                out = hidden[keep].float()
-                # kept tokens before each sequence's end: text i's rows are [ends[i-1], ends[i])
-                counts = F.pad(keep.to(torch.int32).cumsum(0), (1, 0))
-                extra = counts[tensors["cu_seqlens"][1:].long()]
+            if self.run_batch is not None:
+                hidden = self.run_batch(on_device, batch)
             else:
-                out = self.enc._pool(
-                    hidden, tensors["cu_seqlens"], tensors["pool_mask"], tensors["input_ids"]
-                ).float()
-                extra = None
+                hidden = self.runner.run_model(on_device)
+            if self.token_level:
+                # the kept tokens, and where each text's rows end
+                out, extra = self.runner.token_rows(hidden, on_device)
+            else:
+                out, extra = self.runner.pool(hidden, on_device).float(), None
         if not self.cuda:
             return _Pending(chunk, batch, (out, extra), None)
         host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
@@ -557,8 +560,8 @@ class EncodePipeline:
             halves = split_batch(batch)
             for half in halves:
                 try:
-                    tensors, event = self._to_device(half)
-                    p = self._launch(res.chunk, half, tensors, event)
+                    on_device, event = self._to_device(half)
+                    p = self._launch(res.chunk, half, on_device, event)
                     if p.event is not None:
                         p.event.synchronize()
                     self._store(res, half, *p.result)
@@ -595,22 +598,22 @@ class EncodePipeline:
 
 
 def pack_chunks(
-    encoder, chunks: Iterable[Chunk], max_tokens_per_batch: int, batch_size: int, busy=None
+    text, chunks: Iterable[Chunk], max_tokens_per_batch: int, batch_size: int, busy=None
 ) -> Iterator[PackedChunk]:
-    """Each chunk joined (instructions, the doc_max_length cut, prompt wrapping), tokenized
-    and packed into batches; ``busy["tokenize_s"]`` adds up the time spent."""
+    """Each chunk joined by the :class:`~llm2vec_fast.text.TextProcessor` ``text``
+    (instructions, the doc_max_length cut, prompt wrapping), tokenized and packed into
+    batches; ``busy["tokenize_s"]`` adds up the time spent."""
     for chunk in chunks:
         t0 = time.perf_counter()
         batches: list[PackedBatch] = []
         if chunk.pairs:
-            joined = encoder._joined_strings(chunk.pairs)
-            ids, offsets, pool_lengths = encoder._token_arrays(joined)
-            chunk.empty_pooled = _empty_pooled(ids, offsets, pool_lengths, encoder.max_length)
+            ids, offsets, pool_lengths = text.token_arrays(text.joined(chunk.pairs))
+            chunk.empty_pooled = _empty_pooled(ids, offsets, pool_lengths, text.max_length)
             batches = pack_token_ids(
                 ids,
                 pool_lengths,
                 offsets=offsets,
-                max_length=encoder.max_length,
+                max_length=text.max_length,
                 max_tokens_per_batch=max_tokens_per_batch,
                 max_batch_size=batch_size,
             )
