@@ -253,7 +253,7 @@ class ShardEmbedder:
             attn_implementation=config.attn_implementation,
         )
         self.model.eval()
-        self.device = str(self.model._device())
+        self.device = str(self.model.runner.device)
         self.hidden_size = int(self.model.model.config.hidden_size)
         if config.truncate_dim is not None and config.truncate_dim > self.hidden_size:
             raise JobError(
@@ -276,10 +276,10 @@ class ShardEmbedder:
             "hidden_size": self.hidden_size,
             "dim": self.dim,
             "name_or_path": m.name_or_path,
-            "kernels": m._base_model().attn_implementation,
+            "kernels": m.runner.attn_implementation,
         }
 
-    def _run_batch(self, tensors: dict, batch):
+    def _run_batch(self, on_device, batch):
         """The model call, behind the out-of-memory test hook."""
         if self._oom_above is not None and batch.n_tokens > self._oom_above:
             import torch
@@ -287,9 +287,7 @@ class ShardEmbedder:
             raise torch.OutOfMemoryError(
                 f"simulated out of memory ({batch.n_tokens} tokens > {self._oom_above})"
             )
-        return self.model._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
+        return self.model.runner.run_model(on_device)
 
     def _chunks(self, shards: Iterable[tuple[int, list[Record]]]) -> Iterator[Chunk]:
         """Shards as pipeline chunks of their valid rows; the rest become error entries."""
@@ -320,7 +318,8 @@ class ShardEmbedder:
         """
         m, cfg = self.model, self.config
         pipe = EncodePipeline(
-            m,
+            m.text,
+            m.runner,
             self._chunks(shards),
             max_tokens_per_batch=cfg.batch_tokens
             or default_token_budget(

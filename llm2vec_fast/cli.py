@@ -207,7 +207,7 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
         f"embedded {len(items)} texts -> {out} {tuple(emb.shape)} float32 "
         f"(ids: {ids_path.name}) in {t_enc:.1f}s ({len(items) / t_enc:.1f} texts/s; "
         f"model load {t_load:.1f}s; pooling {model.pooling_mode}, {args.dtype or 'float32'}, "
-        f"device {model._device()})"
+        f"device {model.runner.device})"
     )
     return 0
 

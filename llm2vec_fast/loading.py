@@ -309,8 +309,23 @@ class LoadSpec:
         torch_dtype=None,
         **options: Any,
     ) -> LoadSpec:
-        """A spec from ``from_pretrained``-style arguments: one adapter or a list, relative
-        paths, a dtype name; encoder settings given as None fall back to the config file."""
+        """A spec from ``LLM2Vec.from_pretrained``'s arguments: one adapter or a list,
+        relative paths, a dtype or its name (also as transformers 5's ``dtype``); encoder
+        settings given as None fall back to the config file. ``low_cpu_mem_usage`` is
+        ignored, ``trust_remote_code`` and unknown arguments are refused."""
+        for k in ENCODER_ARGS:
+            if options.get(k, 0) is None:
+                del options[k]
+        if options.pop("trust_remote_code", False):
+            raise ValueError(
+                "llm2vec-fast runs its own model code; trust_remote_code is not supported"
+            )
+        if "dtype" in options:  # transformers 5's name for torch_dtype
+            torch_dtype = options.pop("dtype")
+        options.pop("low_cpu_mem_usage", None)
+        unknown = set(options) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"from_pretrained() got unexpected arguments: {sorted(unknown)}")
         if peft_model_name_or_path is None:
             adapters: list = []
         elif isinstance(peft_model_name_or_path, (str, os.PathLike)):

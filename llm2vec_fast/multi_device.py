@@ -46,9 +46,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from llm2vec_fast.devices import check_devices
 from llm2vec_fast.loading import LoadSpec, load
-from llm2vec_fast.pipeline import Chunk, EncodePipeline, PackedChunk
+from llm2vec_fast.pipeline import (
+    Chunk,
+    ChunkResult,
+    EncodePipeline,
+    PackedChunk,
+    chunked,
+    default_token_budget,
+    in_background,
+    pack_chunks,
+)
 from llm2vec_fast.runner import EncoderRunner
 
 if TYPE_CHECKING:
@@ -56,8 +64,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DevicePool",
-    "check_devices",
+    "check_rebuild",
     "close_pools",
+    "device_pools",
+    "encode_on_devices",
     "load_fingerprint",
     "load_runner",
     "rebuild_problem",
@@ -97,6 +107,15 @@ def rebuild_problem(
             "embeddings; save() the model and load it again, or encode on one device"
         )
     return None
+
+
+def check_rebuild(
+    spec: LoadSpec | None, fingerprint: tuple | None, model: torch.nn.Module, devices
+) -> None:
+    """Raise ``ValueError`` when worker processes cannot rebuild ``model`` (:func:`rebuild_problem`)."""
+    problem = rebuild_problem(spec, fingerprint, model)
+    if problem is not None:
+        raise ValueError(f"cannot encode on several devices {list(devices)}: {problem}")
 
 
 def load_runner(spec: LoadSpec, device: str) -> EncoderRunner:
@@ -390,3 +409,65 @@ def device_pools(owner) -> dict:
     pools: dict = {}
     weakref.finalize(owner, close_pools, pools)
     return pools
+
+
+def encode_on_devices(
+    pools: dict,
+    spec: LoadSpec,
+    devices: Sequence[str],
+    text,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    batch_size: int,
+    max_tokens_per_batch: int | None,
+    chunk_size: int,
+    show_progress_bar: bool,
+    total: int | None,
+    pooling_mode: str,
+    hidden_size: int,
+    token_level: bool = False,
+) -> Iterator[ChunkResult]:
+    """``pairs`` encoded by worker processes, one per device: chunks tokenized (``text``, a
+    :class:`~llm2vec_fast.text.TextProcessor`) and packed here on a thread, as on one device,
+    their batches run by the workers as each frees up (:func:`run_on_devices`); each chunk's
+    :class:`~llm2vec_fast.pipeline.ChunkResult` handed out, in input order, once all its
+    batches are back."""
+    if max_tokens_per_batch is None:  # the parent packs for every worker
+        max_tokens_per_batch = default_token_budget(devices[0], batch_size, text.max_length)
+    chunks = chunked(pairs, chunk_size, first=2 * batch_size)
+    packed = in_background(pack_chunks(text, chunks, max_tokens_per_batch, batch_size))
+    # every chunk passes through here before its batches, so chunks without texts (none
+    # come from chunked()) and the order of completion can be tracked
+    open_chunks: dict[int, ChunkResult] = {}
+    missing: dict[int, int] = {}
+
+    def items():
+        for pc in packed:
+            n = pc.chunk.size
+            emb = [None] * n if token_level else np.empty((n, hidden_size), np.float32)
+            open_chunks[pc.chunk.index] = ChunkResult(pc.chunk, emb)
+            missing[pc.chunk.index] = n
+            for b in pc.batches:
+                yield pc.chunk, b
+
+    settings = {"pooling_mode": pooling_mode, "token_level": token_level}
+    next_index = 0
+    try:
+        for chunk, batch, result in run_on_devices(
+            pools, spec, devices, items(), show_progress_bar, settings, total
+        ):
+            res = open_chunks[chunk.index]
+            if token_level:
+                for i, e in zip(batch.indices.tolist(), result):
+                    res.embeddings[i] = e.numpy()
+            else:
+                res.embeddings[batch.indices] = result.numpy()
+            res.tokens += batch.n_tokens
+            res.batches += 1
+            missing[chunk.index] -= batch.n_texts
+            while missing.get(next_index) == 0:  # hand out finished chunks in order
+                del missing[next_index]
+                yield open_chunks.pop(next_index)
+                next_index += 1
+    finally:
+        packed.close()

@@ -32,21 +32,30 @@ caller's thread after the chunks before it have been handed back; leaving the lo
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from llm2vec_fast.packing import PackedBatch, pack_token_ids
+from llm2vec_fast.background import IDLE, IDLE_S, Background, Inline, Stop, in_background
+from llm2vec_fast.chunks import (
+    Chunk,
+    ChunkResult,
+    PackedChunk,
+    chunked,
+    default_token_budget,
+    pack_chunks,
+    split_batch,
+)
+from llm2vec_fast.packing import PackedBatch
 
+# Chunk ... pack_chunks: the stages' inputs and outputs, defined in llm2vec_fast.chunks and
+# importable from here too.
 __all__ = [
     "Chunk",
     "ChunkResult",
@@ -54,28 +63,11 @@ __all__ = [
     "PackedChunk",
     "chunked",
     "default_token_budget",
+    "encode_chunks",
     "in_background",
     "overlap_default",
     "pack_chunks",
 ]
-
-_POLL_S = 0.1  # how often a blocked stage checks whether it should stop
-
-
-# The CPU's default token budget per forward pass (measured: bench/README.md, "llm2vec-fast vs
-# the official llm2vec, CPU"): small batches keep the MLP's [tokens, intermediate] activations in
-# the caches, which on a CPU outweighs the larger matrix products of bigger batches.
-CPU_TOKEN_BUDGET = 1024
-
-
-def default_token_budget(device: torch.device | str, batch_size: int, max_length: int) -> int:
-    """The token budget of a batch when the caller names none: ``batch_size * max_length`` on
-    an accelerator (large batches fill it); on a CPU at most :data:`CPU_TOKEN_BUDGET` (and never
-    under ``max_length``, so the longest text still fits)."""
-    budget = batch_size * max_length
-    if torch.device(device).type == "cpu":
-        budget = min(budget, max(CPU_TOKEN_BUDGET, max_length))
-    return budget
 
 
 def overlap_default() -> bool:
@@ -83,201 +75,7 @@ def overlap_default() -> bool:
     return os.environ.get("LLM2VEC_FAST_PIPELINE", "1").strip().lower() not in ("0", "false", "off")
 
 
-@dataclass
-class Chunk:
-    """Consecutive input items: ``pairs[i]`` is input number ``offset + i``."""
-
-    index: int
-    offset: int
-    pairs: list[tuple[str, str]]
-    meta: Any = None  # carried through untouched (the batch job's shard records)
-    # the number of texts when ``pairs`` is not kept (a worker gets packed batches only)
-    count: int | None = None
-    # set by pack_chunks: the items whose pooled span is empty (no token of the text is pooled:
-    # it tokenizes to nothing, or nothing of it is left after the doc_max_length cut)
-    empty_pooled: list[int] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        """The number of texts in the chunk."""
-        return len(self.pairs) if self.count is None else self.count
-
-
-@dataclass
-class ChunkResult:
-    """A finished chunk: its embeddings in chunk order and what it took.
-
-    ``embeddings`` is float32 ``[n, hidden]`` (rows of texts in ``failed`` are NaN), or for
-    token-level output a list of float32 ``[n_pooled_i, hidden]`` arrays (None where failed).
-    """
-
-    chunk: Chunk
-    embeddings: Any
-    tokens: int = 0
-    batches: int = 0
-    oom_splits: int = 0
-    failed: list[int] = field(default_factory=list)
-
-
-def chunked(
-    pairs: Iterable[tuple[str, str]], chunk_size: int, first: int | None = None
-) -> Iterator[Chunk]:
-    """Cut a stream of pairs into chunks; sizes start at ``first`` and double up to
-    ``chunk_size`` (a small first chunk starts the device sooner)."""
-    size = max(1, min(first or chunk_size, chunk_size))
-    buf: list[tuple[str, str]] = []
-    index = offset = 0
-    for pair in pairs:
-        buf.append(pair)
-        if len(buf) >= size:
-            yield Chunk(index, offset, buf)
-            index, offset, buf = index + 1, offset + len(buf), []
-            size = min(size * 2, chunk_size)
-    if buf:
-        yield Chunk(index, offset, buf)
-
-
-# ------------------------------------------------------------------------------ threads
-
-
-class _Stop(Exception):
-    """Raised inside a stage when the pipeline is closed."""
-
-
-class _Failed:
-    """An exception carried from a stage to the caller's thread."""
-
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-_END = object()
-_IDLE = object()  # nothing arrived in time: the consumer hands out what it holds
-_IDLE_S = 0.002
-
-
-class _Background:
-    """Runs an iterator on a daemon thread; items come out through a bounded queue."""
-
-    def __init__(self, source: Iterator, maxsize: int, stop: threading.Event, name: str):
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
-        self._stop = stop
-        self.wait_s = 0.0  # time the consumer spent blocked on this queue
-        self._done = False
-        self._thread = threading.Thread(
-            target=self._run, args=(source,), name=f"llm2vec-fast-{name}", daemon=True
-        )
-        self._thread.start()
-
-    def _put(self, item) -> None:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-        raise _Stop
-
-    def _run(self, source: Iterator) -> None:
-        try:
-            for item in source:
-                self._put(item)
-            self._put(_END)
-        except _Stop:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            try:
-                self._put(_Failed(exc))
-            except _Stop:
-                pass
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next(None)
-
-    def next(self, idle_after: float | None):
-        """The next item; with ``idle_after`` seconds, :data:`_IDLE` when none came by then."""
-        if self._done:
-            raise StopIteration
-        t0 = time.perf_counter()
-        while True:
-            timeout = _POLL_S
-            if idle_after is not None:
-                timeout = min(timeout, max(0.0, t0 + idle_after - time.perf_counter()))
-            try:
-                item = self._q.get(timeout=timeout)
-                break
-            except queue.Empty:
-                if self._stop.is_set():
-                    raise _Stop from None
-                if not self._thread.is_alive() and self._q.empty():
-                    raise RuntimeError("an llm2vec-fast pipeline thread died") from None
-                if idle_after is not None and time.perf_counter() - t0 >= idle_after:
-                    self.wait_s += time.perf_counter() - t0
-                    return _IDLE
-        self.wait_s += time.perf_counter() - t0
-        if item is _END:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, _Failed):
-            self._done = True
-            raise item.exc
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        while True:  # free a producer blocked on a full queue, drop what it holds
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=30)
-
-
-class _Inline:
-    """The same interface as :class:`_Background`, run in the caller's thread."""
-
-    def __init__(self, source: Iterator):
-        self._source = source
-        self.wait_s = 0.0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next(None)
-
-    def next(self, idle_after: float | None):
-        t0 = time.perf_counter()
-        try:
-            return next(self._source)
-        finally:
-            self.wait_s += time.perf_counter() - t0
-
-    def close(self) -> None:
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
-
-
 # ------------------------------------------------------------------------------ stages
-
-
-@dataclass
-class PackedChunk:
-    """A chunk and its packed batches (the tokenize stage's output)."""
-
-    chunk: Chunk
-    batches: list[PackedBatch]
 
 
 @dataclass
@@ -370,13 +168,13 @@ class EncodePipeline:
         else:
             packed = iter(packed)
         if self.overlap:
-            self._packed = _Background(packed, prefetch_chunks, self._stop, "tokenize")
-            self._ready = _Background(
+            self._packed = Background(packed, prefetch_chunks, self._stop, "tokenize")
+            self._ready = Background(
                 self._transfer_stage(self._packed), prefetch_batches, self._stop, "transfer"
             )
         else:
-            self._packed = _Inline(packed)
-            self._ready = _Inline(self._transfer_stage(self._packed))
+            self._packed = Inline(packed)
+            self._ready = Inline(self._transfer_stage(self._packed))
         self._t0 = time.perf_counter()
         self._closed = False
 
@@ -445,15 +243,15 @@ class EncodePipeline:
                     # while a result is on its way back, wait only briefly for the next batch:
                     # a stream that pauses must not hold finished results back
                     holding = pending is not None or ended is not None
-                    item = self._ready.next(_IDLE_S if holding else None)
+                    item = self._ready.next(IDLE_S if holding else None)
                 except StopIteration:
                     break
-                except _Stop:
+                except Stop:
                     raise
                 except Exception:  # a stage failed: hand out what is complete, then raise
                     yield from flush()
                     raise
-                if item is _IDLE:
+                if item is IDLE:
                     yield from flush()
                     continue
                 if isinstance(item, _ChunkEnd):
@@ -482,7 +280,7 @@ class EncodePipeline:
                 if not self.overlap:  # the sequential baseline: nothing in flight
                     yield from flush()
             yield from flush()
-        except _Stop:
+        except Stop:
             pass
         finally:
             self.close()
@@ -597,68 +395,6 @@ class EncodePipeline:
         }
 
 
-def pack_chunks(
-    text, chunks: Iterable[Chunk], max_tokens_per_batch: int, batch_size: int, busy=None
-) -> Iterator[PackedChunk]:
-    """Each chunk joined by the :class:`~llm2vec_fast.text.TextProcessor` ``text``
-    (instructions, the doc_max_length cut, prompt wrapping), tokenized and packed into
-    batches; ``busy["tokenize_s"]`` adds up the time spent."""
-    for chunk in chunks:
-        t0 = time.perf_counter()
-        batches: list[PackedBatch] = []
-        if chunk.pairs:
-            ids, offsets, pool_lengths = text.token_arrays(text.joined(chunk.pairs))
-            chunk.empty_pooled = _empty_pooled(ids, offsets, pool_lengths, text.max_length)
-            batches = pack_token_ids(
-                ids,
-                pool_lengths,
-                offsets=offsets,
-                max_length=text.max_length,
-                max_tokens_per_batch=max_tokens_per_batch,
-                max_batch_size=batch_size,
-            )
-        if busy is not None:
-            busy["tokenize_s"] += time.perf_counter() - t0
-        yield PackedChunk(chunk, batches)
-
-
-def _empty_pooled(ids, offsets, pool_lengths, max_length: int) -> list[int]:
-    """The texts whose pooled span is empty, as the packer will mark it: the last
-    ``min(pool_length, length)`` tokens of each (truncated) sequence."""
-    if offsets is None:
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    else:
-        lengths = np.diff(np.asarray(offsets, dtype=np.int64))
-    if max_length > 0:
-        lengths = np.minimum(lengths, max_length)
-    pooled = np.minimum(np.asarray(pool_lengths, dtype=np.int64), lengths)
-    return np.flatnonzero(pooled <= 0).tolist()
-
-
-def in_background(source: Iterator, maxsize: int = 1, name: str = "tokenize"):
-    """``source`` run on a daemon thread, at most ``maxsize`` items ahead; iterate the
-    returned object, and ``close()`` it when done (stops the thread). Errors are raised to the
-    reader."""
-    return _Background(source, maxsize, threading.Event(), name)
-
-
-def split_batch(batch: PackedBatch) -> list[PackedBatch]:
-    """A batch as two (or more) smaller ones with the same texts: half the tokens and half
-    the texts at most; ``indices`` keep pointing into the same chunk."""
-    cu = batch.cu_seqlens.astype(np.int64)
-    kept = np.concatenate([[0], np.cumsum(batch.pool_mask, dtype=np.int64)])
-    pool = kept[cu[1:]] - kept[cu[:-1]]  # the pool mask is the last `pool` tokens of each text
-    parts = pack_token_ids(
-        batch.input_ids,
-        pool,
-        offsets=cu,
-        max_length=0,
-        max_tokens_per_batch=max(1, batch.n_tokens // 2),
-        max_batch_size=max(1, math.ceil(batch.n_texts / 2)),
-    )
-    return [dataclasses.replace(p, indices=batch.indices[p.indices]) for p in parts]
-
-
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -668,3 +404,56 @@ def _is_oom(exc: BaseException) -> bool:
 def _free_device_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def encode_chunks(
+    text,
+    runner,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    batch_size: int,
+    max_tokens_per_batch: int | None,
+    chunk_size: int,
+    show_progress_bar: bool = False,
+    total: int | None = None,
+    token_level: bool = False,
+    on_close: Callable[[dict], None] | None = None,
+) -> Iterator[ChunkResult]:
+    """Run ``pairs`` through an :class:`EncodePipeline` on ``runner``'s device; yield each
+    chunk's :class:`ChunkResult` in input order, with a progress bar (``total`` texts, None for
+    a stream). ``max_tokens_per_batch`` None: :func:`default_token_budget` for the device.
+    ``on_close`` gets :meth:`EncodePipeline.summary` when the run ends (or stops early)."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    bar = tqdm(total=total, unit="text", desc="Encoding", disable=not show_progress_bar)
+    start = time.perf_counter()
+    seen = {"tokens": 0}
+
+    def progress(batch: PackedBatch) -> None:
+        seen["tokens"] += batch.n_tokens
+        bar.update(batch.n_texts)
+        rate = seen["tokens"] / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(tok_s=f"{rate:,.0f}", refresh=False)
+
+    if max_tokens_per_batch is None:
+        max_tokens_per_batch = default_token_budget(runner.device, batch_size, text.max_length)
+    pipe = EncodePipeline(
+        text,
+        runner,
+        chunked(pairs, chunk_size, first=2 * batch_size),
+        max_tokens_per_batch=max_tokens_per_batch,
+        batch_size=batch_size,
+        token_level=token_level,
+        on_batch=progress if show_progress_bar else None,
+        # a list that fits in one batch has nothing to overlap: no threads (~1 ms a call)
+        overlap=False if total is not None and total <= batch_size else None,
+    )
+    try:
+        yield from pipe
+    finally:
+        pipe.close()
+        bar.close()
+        if on_close is not None:
+            on_close(pipe.summary())

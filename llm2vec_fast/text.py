@@ -151,7 +151,9 @@ class TextProcessor:
                 counts[i] = n
             over = [i for i in over if counts[i] > limit]
         emptied = [i for i in source if not words[i]]
-        for i, cut in zip(emptied, token_cut([source[i] for i in emptied], limit, self.token_counts)):
+        for i, cut in zip(
+            emptied, token_cut([source[i] for i in emptied], limit, self.token_counts)
+        ):
             texts[i] = cut
         return texts
 
@@ -192,7 +194,11 @@ class TextProcessor:
 
         full, pooled = zip(*(split_sep(t) for t in joined))
         features = self.tokenizer(
-            list(full), return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+            list(full),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
         )
         counts = self.token_counts(list(pooled))
         embed_mask = torch.zeros_like(features["attention_mask"])

@@ -12,6 +12,7 @@ import torch
 from torch.testing import assert_close
 
 from llm2vec_fast import CheckpointError, LLM2Vec
+from llm2vec_fast.runner import EncoderRunner
 from llm2vec_fast.testing import (
     make_published_layout,
     make_tiny_checkpoint,
@@ -162,7 +163,7 @@ def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
 
     expected = [model.prepare_for_tokenization(official(i, t)) for i, t in pairs]
     assert emptied[-2:] == ["x" * 200, "数字" * 50 + " 42"]
-    assert model._joined_strings(pairs) == expected
+    assert model.text.joined(pairs) == expected
     assert [model._convert_to_str(i, t) for i, t in pairs[:10]] == [
         official(i, t) for i, t in pairs[:10]
     ]
@@ -192,7 +193,7 @@ def test_long_text_without_spaces_is_cut_by_tokens_not_emptied(llama_dir, cpp, m
     want = [reference_doc_cut(n_tokens, t, 20) for t in NO_SPACES]
     assert all(how == "tokens" and cut and n <= 20 for cut, n, how in want)
     cut = [c for c, _, _ in want]
-    assert model._cut_texts(list(NO_SPACES)) == cut
+    assert model.text.cut_texts(list(NO_SPACES)) == cut
     pairs = [["", t] for t in NO_SPACES] + [["Classify", t] for t in NO_SPACES]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*pooled span")
@@ -212,7 +213,7 @@ def test_encode_warns_when_a_pooled_span_is_empty(llama_dir):
     blank text is the official behaviour, silently."""
     model = LLM2Vec.from_pretrained(llama_dir, max_length=64, doc_max_length=1, device="cpu")
     tag = "\U000e0001" * 5
-    assert model._token_counts([tag[0]])[0] > 1 and model._cut_texts([tag]) == [""]
+    assert model.text.token_counts([tag[0]])[0] > 1 and model.text.cut_texts([tag]) == [""]
     items = ["fine", tag, "", ["Classify", tag], "a" * 300]
     with pytest.warns(UserWarning, match=r"2 non-blank texts have an empty pooled span.*\b1, 3\b"):
         out = model.encode(items, show_progress_bar=False)
@@ -239,9 +240,9 @@ def test_bos_token_pooling(bos_dir, llama_dir):
 
 def test_token_ids_and_embed_mask_match_official_tokenize(llama_dir):
     model = LLM2Vec.from_pretrained(llama_dir, max_length=32, device="cpu")
-    joined = model._joined_strings(PAIRS)
+    joined = model.text.joined(PAIRS)
     feats = model.tokenize(joined)
-    ids, pool_lengths = model._token_ids(joined)
+    ids, pool_lengths = model.text.token_ids(joined)
     for i, seq in enumerate(ids):
         row = feats["input_ids"][i][feats["attention_mask"][i].bool()].tolist()
         assert row == seq
@@ -377,7 +378,7 @@ def test_bad_arguments(llama_dir, tmp_path):
 def test_long_text_is_truncated_not_an_error(llama_dir):
     model = LLM2Vec.from_pretrained(llama_dir, max_length=16, device="cpu")
     long = "many words here " * 500
-    ids, _ = model._token_ids(model._joined_strings([("", long)]))
+    ids, _ = model.text.token_ids(model.text.joined([("", long)]))
     assert len(ids[0]) == 16
     assert torch.isfinite(model.encode([long], show_progress_bar=False)).all()
 
@@ -521,7 +522,7 @@ def test_token_embeddings_are_the_hidden_states(llama_dir, skip_instruction):
     toks = model.encode(
         texts, output_value="token_embeddings", batch_size=2, show_progress_bar=False
     )
-    ids, pool_lengths = model._token_ids(model._joined_strings(PAIRS))
+    ids, pool_lengths = model.text.token_ids(model.text.joined(PAIRS))
     assert len(toks) == len(PAIRS)
     for seq, n, t in zip(ids, pool_lengths, toks):
         n = min(n, len(seq))
@@ -553,10 +554,10 @@ def test_auto_kernels_keep_torch_on_the_cpu(llama_dir, monkeypatch):
     in half precision only (tests/interpret/test_kernel_check.py runs the check itself); on the
     CPU, or with LLM2VEC_FAST_KERNELS=torch, torch's path is kept without checking."""
     calls = []
-    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self, *a: calls.append(1))
+    monkeypatch.setattr(EncoderRunner, "check_kernels", lambda self, *a: calls.append(1))
     model = LLM2Vec.from_pretrained(llama_dir, device="cpu", torch_dtype="bfloat16")
     assert model.model.attn_implementation == "sdpa" and not calls
-    assert model._load_args["attn_implementation"] == "auto"
+    assert model.load_spec.attn_implementation == "auto"
     model.to("cpu")  # a move chooses again (cached per device and dtype)
     assert model.model.attn_implementation == "sdpa" and not calls
     assert model.select_kernels(check_on_cpu=True) == "triton" and calls == [1]  # None: passed
