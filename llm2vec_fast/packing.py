@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 try:
-    from llm2vec_fast import _C
+    import llm2vec_fast._C as _C
 except ImportError as exc:  # not built (or built for another Python)
     _C = None
     _EXTENSION_ERROR: str | None = f"{type(exc).__name__}: {exc}"

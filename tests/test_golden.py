@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.text import split_sep
 from llm2vec_fast.testing import (
     make_published_layout,
     make_tiny_checkpoint,
     make_tiny_lora,
     tensors_sha256,
 )
+from llm2vec_fast.text import split_sep
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 REGENERATE = "regenerate the fixtures with bench/make_golden_fixtures.py"

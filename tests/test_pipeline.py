@@ -14,8 +14,8 @@ import torch
 from torch.testing import assert_close
 
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.packing import pack_token_ids
 from llm2vec_fast.chunks import CPU_TOKEN_BUDGET, split_batch
+from llm2vec_fast.packing import pack_token_ids
 from llm2vec_fast.pipeline import Chunk, EncodePipeline, chunked, default_token_budget
 from llm2vec_fast.testing import make_tiny_checkpoint, resident_memory_mb
 
@@ -148,7 +148,11 @@ def test_tokenizing_the_next_chunk_overlaps_the_model(model):
         chunks = [Chunk(0, 0, pairs[:6]), Chunk(1, 6, pairs[6:])]
         pipe = EncodePipeline(
             model.text,
-            model.runner, chunks, max_tokens_per_batch=64, batch_size=2, run_batch=run_batch
+            model.runner,
+            chunks,
+            max_tokens_per_batch=64,
+            batch_size=2,
+            run_batch=run_batch,
         )
         results = list(pipe)
     finally:
@@ -197,7 +201,9 @@ def test_an_interrupt_in_the_model_stops_the_threads(model, exc):
         return model.runner.run_model(on_device)
 
     chunks = chunked(((("", t) for t in itertools.repeat("a few words here"))), 4)
-    pipe = EncodePipeline(model.text, model.runner, chunks, max_tokens_per_batch=16, batch_size=2, run_batch=run_batch)
+    pipe = EncodePipeline(
+        model.text, model.runner, chunks, max_tokens_per_batch=16, batch_size=2, run_batch=run_batch
+    )
     with pytest.raises(exc, match="stop here"):
         for _ in pipe:
             pass

@@ -72,7 +72,12 @@ def test_the_model_sees_exactly_the_batch_it_was_sent(ckpt):
     chunks = [Chunk(i, 500 * i, pairs[500 * i : 500 * (i + 1)]) for i in range(4)]
     results = list(
         EncodePipeline(
-            model.text, model.runner, chunks, max_tokens_per_batch=65536, batch_size=512, run_batch=run_batch
+            model.text,
+            model.runner,
+            chunks,
+            max_tokens_per_batch=65536,
+            batch_size=512,
+            run_batch=run_batch,
         )
     )
     assert seen and all(seen)

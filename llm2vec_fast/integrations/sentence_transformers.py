@@ -47,9 +47,9 @@ import torch
 from llm2vec_fast.devices import resolve_dtype
 from llm2vec_fast.encoder import LLM2Vec
 from llm2vec_fast.loading import is_peft
+from llm2vec_fast.optional import optional_import
 from llm2vec_fast.packing import PackedBatch
 from llm2vec_fast.text import as_pairs
-from llm2vec_fast.optional import optional_import
 
 with optional_import(
     "sentence_transformers", feature="llm2vec_fast.integrations.sentence_transformers"

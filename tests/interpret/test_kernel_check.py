@@ -14,8 +14,8 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-import llm2vec_fast.runner as runner_module  # noqa: E402
 import llm2vec_fast.model as model_module  # noqa: E402
+import llm2vec_fast.runner as runner_module  # noqa: E402
 from llm2vec_fast import LLM2Vec  # noqa: E402
 from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
 
@@ -33,7 +33,9 @@ def test_correct_kernels_pass_and_are_chosen(model, monkeypatch):
     assert model.check_kernels(LENGTHS) is None
     assert model.model.attn_implementation == "sdpa"  # the check leaves torch's path on
     real = runner_module.EncoderRunner.check_kernels
-    monkeypatch.setattr(runner_module.EncoderRunner, "check_kernels", lambda self: real(self, LENGTHS))
+    monkeypatch.setattr(
+        runner_module.EncoderRunner, "check_kernels", lambda self: real(self, LENGTHS)
+    )
     assert model.select_kernels(check_on_cpu=True, recheck=True) == "triton"
     assert model.model.attn_implementation == "triton"
     model.model.attn_implementation = "sdpa"
@@ -47,7 +49,9 @@ def test_a_wrong_norm_kernel_is_caught(model, monkeypatch):
     problem = model.check_kernels(LENGTHS)
     assert problem is not None and "hidden states" in problem
     real_check = runner_module.EncoderRunner.check_kernels
-    monkeypatch.setattr(runner_module.EncoderRunner, "check_kernels", lambda self: real_check(self, LENGTHS))
+    monkeypatch.setattr(
+        runner_module.EncoderRunner, "check_kernels", lambda self: real_check(self, LENGTHS)
+    )
     with pytest.warns(RuntimeWarning, match="failed their check"):
         assert model.select_kernels(check_on_cpu=True, recheck=True) == "sdpa"
     assert model.model.attn_implementation == "sdpa"
