@@ -235,23 +235,13 @@ class ShardEmbedder:
         import torch
 
         from llm2vec_fast.encoder import LLM2Vec
+        from llm2vec_fast.loading import LoadSpec
 
         if threads:
             torch.set_num_threads(threads)
         self.config = config
-        self.model = LLM2Vec.from_pretrained(
-            config.model,
-            peft_model_name_or_path=config.peft or None,
-            merge_peft=True,
-            base_weights_path=config.base_weights,
-            pooling_mode=config.pooling,
-            max_length=config.max_length,
-            doc_max_length=config.doc_max_length,
-            torch_dtype=config.dtype,
-            device=device,
-            enable_bidirectional=not config.causal,
-            attn_implementation=config.attn_implementation,
-        )
+        spec = LoadSpec.from_options(config)
+        self.model = LLM2Vec.from_pretrained(**spec.kwargs(), device=device)
         self.model.eval()
         self.device = str(self.model.runner.device)
         self.hidden_size = int(self.model.model.config.hidden_size)

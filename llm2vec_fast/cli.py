@@ -171,23 +171,13 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
 
     from llm2vec_fast import LLM2Vec
     from llm2vec_fast.io_formats import atomic_write
+    from llm2vec_fast.loading import LoadSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)
     items, ids = _read_inputs(args)
     t0 = time.perf_counter()
-    model = LLM2Vec.from_pretrained(
-        args.model,
-        peft_model_name_or_path=args.peft or None,
-        merge_peft=True,
-        base_weights_path=args.base_weights,
-        pooling_mode=args.pooling,
-        max_length=args.max_length,
-        doc_max_length=args.doc_max_length,
-        torch_dtype=args.dtype,
-        device=args.device,
-        enable_bidirectional=not args.causal,
-    )
+    model = LLM2Vec.from_pretrained(**LoadSpec.from_options(args).kwargs(), device=args.device)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     emb = model.encode(

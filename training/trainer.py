@@ -178,20 +178,17 @@ def build_model(config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     from llm2vec_fast.encoder import LLM2Vec
+    from llm2vec_fast.loading import LoadSpec
 
     model_dir = _resolve_model_dir(config)
-    enc = LLM2Vec.from_pretrained(
-        str(model_dir),
-        peft_model_name_or_path=config.peft or None,
-        merge_peft=True,
-        base_weights_path=config.base_weights,
+    spec = LoadSpec.from_options(
+        config,
+        base_model_name_or_path=str(model_dir),
         pooling_mode=config.pooling_mode,
         max_length=config.max_seq_length,
-        torch_dtype=config.dtype,
-        device=config.device,
         enable_bidirectional=config.bidirectional,
-        attn_implementation=config.attn_implementation,
     )
+    enc = LLM2Vec.from_pretrained(**spec.kwargs(), device=config.device)
     base = enc.model
     base.attention_dropout = float(config.attention_dropout)
     base.gradient_checkpointing = bool(config.gradient_checkpointing)
