@@ -173,8 +173,9 @@ def split_batch(batch: PackedBatch) -> list[PackedBatch]:
 
 
 def check_batch_args(batch_size, max_tokens_per_batch) -> int | None:
-    """``encode``'s ``batch_size`` and ``max_tokens_per_batch`` checked; ``None`` (the device's default budget, chosen when the device is
-    known: :func:`default_token_budget`) stays ``None``."""
+    """``encode``'s ``batch_size`` and ``max_tokens_per_batch`` checked; ``None`` (the
+    device's default budget, chosen when the device is known: :func:`default_token_budget`)
+    stays ``None``."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     if max_tokens_per_batch is None:

@@ -222,15 +222,8 @@ def test_out_of_memory_splits_the_batch_and_reports_what_never_fits(model):
         return model.runner.run_model(on_device)
 
     pairs = as_pairs(texts)
-    pipe = EncodePipeline(
-        model.text,
-        model.runner,
-        [Chunk(0, 0, pairs)],
-        max_tokens_per_batch=512,
-        batch_size=64,
-        split_on_oom=True,
-        run_batch=run_batch,
-    )
+    args = dict(max_tokens_per_batch=512, batch_size=64, run_batch=run_batch)
+    pipe = EncodePipeline(model.text, model.runner, [Chunk(0, 0, pairs)], split_on_oom=True, **args)
     (res,) = list(pipe)
     ref = model.encode(texts, show_progress_bar=False).numpy()
     big = len(texts) - 1
@@ -238,16 +231,7 @@ def test_out_of_memory_splits_the_batch_and_reports_what_never_fits(model):
     np.testing.assert_allclose(res.embeddings[:big], ref[:big], atol=2e-5, rtol=1e-4)
     assert res.oom_splits >= 2
     with pytest.raises(torch.OutOfMemoryError):  # without split_on_oom the error propagates
-        list(
-            EncodePipeline(
-                model.text,
-                model.runner,
-                [Chunk(0, 0, pairs)],
-                max_tokens_per_batch=512,
-                batch_size=64,
-                run_batch=run_batch,
-            )
-        )
+        list(EncodePipeline(model.text, model.runner, [Chunk(0, 0, pairs)], **args))
     assert_no_threads_left()
 
 
