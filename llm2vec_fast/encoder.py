@@ -67,7 +67,10 @@ def _shared(name: str, *parts: str, doc: str) -> property:
     written to all."""
 
     def get(self):
-        return getattr(self.__dict__[parts[0]], name)
+        part = self.__dict__.get(parts[0])
+        if part is None:  # not built yet (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(part, name)
 
     def set_(self, value):
         for part in parts:
