@@ -250,10 +250,8 @@ class LLM2Vec(nn.Module):
         return self.text.padded(texts)
 
     def forward(self, sentence_feature: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Official ``forward``: a padded batch from :meth:`tokenize` -> pooled ``[B, hidden]``.
-
-        The batch is unpadded and run packed; padding is never computed.
-        """
+        """Official ``forward``: a padded batch from :meth:`tokenize` -> pooled ``[B, hidden]``,
+        run packed (the padding is dropped, never computed)."""
         batch = PackedBatch.from_padded(sentence_feature, self.runner.device, self.skip_instruction)
         return self.runner.embed(batch)
 
