@@ -81,7 +81,7 @@ def mixed_texts(articles: list[str], n: int, seed: int) -> list[str]:
 
 def run(model: LLM2Vec, texts, mode: str, batch_size: int) -> dict:
     os.environ["LLM2VEC_FAST_PIPELINE"] = "0" if mode == "sequential" else "1"
-    if model._device().type == "cuda":
+    if model.runner.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     model.encode(texts, batch_size=batch_size, show_progress_bar=False)
@@ -162,17 +162,17 @@ def main() -> None:
     if args.simulate_tok_s:
         hidden_size, rate = model.model.config.hidden_size, args.simulate_tok_s
 
-        def stand_in(input_ids, cu_seqlens, position_ids, max_seqlen):
-            time.sleep(input_ids.shape[0] / rate)
-            return torch.zeros(1, hidden_size).expand(input_ids.shape[0], hidden_size)
+        def stand_in(batch):
+            time.sleep(batch.input_ids.shape[0] / rate)
+            return torch.zeros(1, hidden_size).expand(batch.input_ids.shape[0], hidden_size)
 
-        def pool_stand_in(hidden, cu_seqlens, pool_mask, input_ids):
-            return torch.zeros(cu_seqlens.shape[0] - 1, hidden_size)
+        def pool_stand_in(hidden, batch):
+            return torch.zeros(batch.cu_seqlens.shape[0] - 1, hidden_size)
 
-        model._run_model, model._pool = stand_in, pool_stand_in
+        model.runner.run_model, model.runner.pool = stand_in, pool_stand_in
         tag += f"-simulated-{rate:.0f}tok-s"
     texts = mixed_texts(articles, args.texts, args.seed)
-    dev = model._device()
+    dev = model.runner.device
     device_name = (
         torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     )

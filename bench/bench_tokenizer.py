@@ -174,7 +174,7 @@ def bench_encoder_input(texts: list[str], repeats: int) -> list[dict]:
         model = LLM2Vec.from_pretrained(make_tiny_checkpoint(tmp, "llama", seed=0), device="cpu")
 
         def run():
-            ids, pool = model._token_ids(model._joined_strings(pairs))
+            ids, pool = model.text.token_ids(model.text.joined(pairs))
             return pack_token_ids(ids, pool, max_length=model.max_length,
                                   max_tokens_per_batch=32 * model.max_length, max_batch_size=32)  # fmt: skip
 
@@ -182,7 +182,7 @@ def bench_encoder_input(texts: list[str], repeats: int) -> list[dict]:
             os.environ["LLM2VEC_FAST_TOKENIZER"] = flag
             n_batches = len(run())
             wall, cpu = timed(run, repeats)
-            n_tokens = sum(len(x) for x in model._token_ids(model._joined_strings(pairs))[0])
+            n_tokens = sum(len(x) for x in model.text.token_ids(model.text.joined(pairs))[0])
             rows.append({"impl": impl, "texts": len(texts), "batches": n_batches,
                          "tokens": n_tokens, "seconds": wall, "cpu_seconds": cpu,
                          "ms_per_batch": 1e3 * wall / n_batches,

@@ -127,7 +127,7 @@ def parity(model_dir: Path, texts: list[str], work: Path) -> list[dict]:
             emb = ours.encode(case["sentences"], show_progress_bar=False, convert_to_numpy=True)
             ref = np.asarray(res["embeddings"], dtype=np.float32)
             pairs = [(s[0], s[1]) if isinstance(s, list) else ("", s) for s in case["sentences"]]
-            ids, counts = ours._token_ids(ours._joined_strings(pairs))
+            ids, counts = ours.text.token_ids(ours.text.joined(pairs))
             same_ids = all(a == p["ids"] for a, p in zip(ids, res["sentences"]))
             same_counts = all(
                 min(c, len(a)) == sum(p["embed_mask"])
@@ -201,7 +201,7 @@ def ours_throughput(
     from llm2vec_fast.pipeline import default_token_budget
 
     model = LLM2Vec.from_pretrained(model_dir, torch_dtype=dtype, device=device)
-    ids, _ = model._token_ids(model._joined_strings([("", t) for t in texts]))
+    ids, _ = model.text.token_ids(model.text.joined([("", t) for t in texts]))
     tokens = sum(len(x) for x in ids)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     model.encode(texts, show_progress_bar=False, **encode_kwargs)

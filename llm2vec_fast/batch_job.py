@@ -235,25 +235,15 @@ class ShardEmbedder:
         import torch
 
         from llm2vec_fast.encoder import LLM2Vec
+        from llm2vec_fast.loading import LoadSpec
 
         if threads:
             torch.set_num_threads(threads)
         self.config = config
-        self.model = LLM2Vec.from_pretrained(
-            config.model,
-            peft_model_name_or_path=config.peft or None,
-            merge_peft=True,
-            base_weights_path=config.base_weights,
-            pooling_mode=config.pooling,
-            max_length=config.max_length,
-            doc_max_length=config.doc_max_length,
-            torch_dtype=config.dtype,
-            device=device,
-            enable_bidirectional=not config.causal,
-            attn_implementation=config.attn_implementation,
-        )
+        spec = LoadSpec.from_options(config)
+        self.model = LLM2Vec.from_pretrained(**spec.kwargs(), device=device)
         self.model.eval()
-        self.device = str(self.model._device())
+        self.device = str(self.model.runner.device)
         self.hidden_size = int(self.model.model.config.hidden_size)
         if config.truncate_dim is not None and config.truncate_dim > self.hidden_size:
             raise JobError(
@@ -276,10 +266,10 @@ class ShardEmbedder:
             "hidden_size": self.hidden_size,
             "dim": self.dim,
             "name_or_path": m.name_or_path,
-            "kernels": m._base_model().attn_implementation,
+            "kernels": m.runner.attn_implementation,
         }
 
-    def _run_batch(self, tensors: dict, batch):
+    def _run_batch(self, on_device, batch):
         """The model call, behind the out-of-memory test hook."""
         if self._oom_above is not None and batch.n_tokens > self._oom_above:
             import torch
@@ -287,9 +277,7 @@ class ShardEmbedder:
             raise torch.OutOfMemoryError(
                 f"simulated out of memory ({batch.n_tokens} tokens > {self._oom_above})"
             )
-        return self.model._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
+        return self.model.runner.run_model(on_device)
 
     def _chunks(self, shards: Iterable[tuple[int, list[Record]]]) -> Iterator[Chunk]:
         """Shards as pipeline chunks of their valid rows; the rest become error entries."""
@@ -320,7 +308,8 @@ class ShardEmbedder:
         """
         m, cfg = self.model, self.config
         pipe = EncodePipeline(
-            m,
+            m.text,
+            m.runner,
             self._chunks(shards),
             max_tokens_per_batch=cfg.batch_tokens
             or default_token_budget(

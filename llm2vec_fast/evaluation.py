@@ -503,18 +503,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         )
 
     from llm2vec_fast import LLM2Vec
+    from llm2vec_fast.loading import LoadSpec
 
-    model = LLM2Vec.from_pretrained(
-        args.model,
-        peft_model_name_or_path=args.peft or None,
-        merge_peft=True,
-        base_weights_path=args.base_weights,
-        pooling_mode=args.pooling,
-        max_length=args.max_length,
-        torch_dtype=args.dtype,
-        device=args.device,
-        enable_bidirectional=not args.causal,
-    )
+    model = LLM2Vec.from_pretrained(**LoadSpec.from_options(args).kwargs(), device=args.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     if mteb_module is None:
         scores = evaluate_offline(

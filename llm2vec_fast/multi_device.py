@@ -1,9 +1,11 @@
 """Encode on several devices at once: one worker process per device.
 
-``LLM2Vec.encode(..., device=["cuda:0", "cuda:1"])`` (and, by default, every visible GPU when
-there are several) runs here. The official llm2vec pickles the model into a process pool and
-crashes (its issues #121 and #52); here each worker is a fresh process (``spawn``) that loads
-the model itself, from the paths ``LLM2Vec.from_pretrained`` was given.
+``LLM2Vec.encode(..., device=["cuda:0", "cuda:1"])`` runs here: several devices only when the
+caller names them (``device=None`` runs in the calling process, whatever the number of GPUs).
+The official llm2vec pickles the model into a process pool and crashes (its issues #121 and
+#52); here each worker is a fresh process (``spawn``) that loads the model itself, from the
+encoder's :class:`~llm2vec_fast.loading.LoadSpec` (the paths ``LLM2Vec.from_pretrained`` was
+given), and runs packed batches through an :class:`~llm2vec_fast.runner.EncoderRunner`.
 
 Division of labour:
 
@@ -24,8 +26,7 @@ Division of labour:
 
 A worker rebuilds the model from its paths, so the parent's weights must still be the loaded
 ones: a model whose weights were changed in place after loading (training, a dtype change) is
-refused with a clear error for an explicit device list, and the default falls back to one
-device. The workers do not re-run the parent's main script (as ``spawn`` otherwise does), so a
+refused with a clear error. The workers do not re-run the parent's main script (as ``spawn`` otherwise does), so a
 script needs no ``if __name__ == "__main__":`` guard.
 """
 
@@ -45,13 +46,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from llm2vec_fast.pipeline import Chunk, EncodePipeline, PackedChunk
+from llm2vec_fast.loading import LoadSpec, load
+from llm2vec_fast.pipeline import (
+    Chunk,
+    ChunkResult,
+    EncodePipeline,
+    PackedChunk,
+    chunked,
+    default_token_budget,
+    in_background,
+    pack_chunks,
+)
+from llm2vec_fast.runner import EncoderRunner
 
 if TYPE_CHECKING:
-    from llm2vec_fast.encoder import LLM2Vec
     from llm2vec_fast.packing import PackedBatch
 
-__all__ = ["DevicePool", "default_devices", "load_fingerprint", "run_on_devices"]
+__all__ = [
+    "DevicePool",
+    "check_rebuild",
+    "close_pools",
+    "device_pools",
+    "encode_on_devices",
+    "load_fingerprint",
+    "load_runner",
+    "rebuild_problem",
+    "run_on_devices",
+]
 
 # How long the parent waits on the result queue before checking that every worker is alive.
 _POLL_S = 1.0
@@ -62,21 +83,24 @@ _IN_FLIGHT_PER_WORKER = 6
 _START_TIMEOUT_S = 900.0
 
 
-def load_fingerprint(encoder: torch.nn.Module) -> tuple:
-    """What identifies the encoder's weights as the loaded ones: each parameter's name, object,
+def load_fingerprint(model: torch.nn.Module) -> tuple:
+    """What identifies the model's weights as the loaded ones: each parameter's name, object,
     dtype and in-place version counter (bumped by every in-place write: optimiser steps,
     ``load_state_dict``, ``copy_``). Moving the model to another device keeps it."""
-    return tuple((name, id(p), p.dtype, p._version) for name, p in encoder.model.named_parameters())
+    return tuple((name, id(p), p.dtype, p._version) for name, p in model.named_parameters())
 
 
-def _rebuild_problem(encoder: LLM2Vec) -> str | None:
-    """Why worker processes cannot rebuild ``encoder`` from its paths (None when they can)."""
-    if getattr(encoder, "_load_args", None) is None:
+def rebuild_problem(
+    spec: LoadSpec | None, fingerprint: tuple | None, model: torch.nn.Module
+) -> str | None:
+    """Why worker processes cannot rebuild ``model`` from ``spec`` (None when they can):
+    there is no spec, or the weights changed since ``fingerprint`` was taken at load time."""
+    if spec is None:
         return (
             "the model was not loaded with LLM2Vec.from_pretrained, so a worker process cannot "
             "load it again; save() it and load it with LLM2Vec.from_pretrained"
         )
-    if load_fingerprint(encoder) != encoder._load_fingerprint:
+    if load_fingerprint(model) != fingerprint:
         return (
             "the model's weights (or their dtype) changed after LLM2Vec.from_pretrained, and "
             "each worker process loads the model from its paths, so it would compute different "
@@ -85,41 +109,30 @@ def _rebuild_problem(encoder: LLM2Vec) -> str | None:
     return None
 
 
-def default_devices(encoder: LLM2Vec) -> list[str] | None:
-    """The devices ``encode(device=None)`` runs on when that is more than one: every visible GPU,
-    when the model lives on a GPU, there are several, and workers can rebuild the model.
-    None means: the model's own device, in this process."""
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-        return None
-    if encoder._device().type != "cuda" or _rebuild_problem(encoder) is not None:
-        return None
-    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+def check_rebuild(
+    spec: LoadSpec | None, fingerprint: tuple | None, model: torch.nn.Module, devices
+) -> None:
+    """Raise ``ValueError`` when worker processes cannot rebuild ``model`` (:func:`rebuild_problem`)."""
+    problem = rebuild_problem(spec, fingerprint, model)
+    if problem is not None:
+        raise ValueError(f"cannot encode on several devices {list(devices)}: {problem}")
 
 
-def check_devices(devices: Sequence) -> list[str]:
-    """Validate a device list; return the devices as strings (``"cuda:1"``, ``"cpu"``)."""
-    from llm2vec_fast.encoder import _check_device
-
-    if len(devices) == 0:
-        raise ValueError("device=[] names no device; give one or more, e.g. ['cuda:0', 'cuda:1']")
-    out = []
-    for d in devices:
-        dev = _check_device(d)
-        if dev.type == "cuda":
-            index = torch.cuda.current_device() if dev.index is None else dev.index
-            if index >= torch.cuda.device_count():
-                raise ValueError(
-                    f"device {d!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-                )
-            dev = torch.device("cuda", index)
-        out.append(str(dev))
-    return out
+def load_runner(spec: LoadSpec, device: str) -> EncoderRunner:
+    """``spec``'s model on ``device`` in an :class:`EncoderRunner`, its kernels chosen as
+    ``LLM2Vec.from_pretrained`` chooses them (``attn_implementation="auto"``)."""
+    loaded = load(spec)
+    model = loaded.model.to(device).eval()
+    runner = EncoderRunner(model, loaded.spec.pooling_mode or "mean", loaded.tokenizer)
+    if spec.attn_implementation == "auto":
+        runner.select_kernels()
+    return runner
 
 
 def _worker(
     rank: int,
     device: str,
-    load_args: dict,
+    spec: LoadSpec,
     n_threads: int,
     in_q,
     out_q,
@@ -130,10 +143,7 @@ def _worker(
             torch.set_num_threads(n_threads)
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
-        from llm2vec_fast.encoder import LLM2Vec
-
-        model = LLM2Vec.from_pretrained(**load_args, device=device)
-        model.eval()
+        runner = load_runner(spec, device)
     except BaseException:
         out_q.put(("error", rank, None, traceback.format_exc()))
         return
@@ -145,11 +155,11 @@ def _worker(
             return
         job, _, _, settings = first
         try:
-            model.pooling_mode = settings["pooling_mode"]
-            model.skip_instruction = settings["skip_instruction"]
+            runner.pooling_mode = settings["pooling_mode"]
             stop = threading.Event()
             pipe = EncodePipeline(
-                model,
+                None,
+                runner,
                 None,
                 packed=_job_batches(first, in_q, stash, stop),
                 token_level=settings["token_level"],
@@ -170,8 +180,8 @@ def _job_batches(first, in_q, stash: list, stop: threading.Event) -> Iterator[Pa
     while True:
         job, batch_no, batch, _ = item
         batch = dataclasses.replace(batch, indices=np.arange(batch.n_texts, dtype=np.int64))
-        # the chunk's pairs only count its texts here: the batch is packed already
-        yield PackedChunk(Chunk(batch_no, 0, [("", "")] * batch.n_texts, meta=batch_no), [batch])
+        # the batch is packed already: its chunk keeps no texts, only their number
+        yield PackedChunk(Chunk(batch_no, 0, [], meta=batch_no, count=batch.n_texts), [batch])
         while True:
             try:
                 item = in_q.get(timeout=0.1)
@@ -215,11 +225,11 @@ class DevicePool:
     """Worker processes, one per device, each holding its own copy of the model.
 
     Args:
-        load_args: the keyword arguments of ``LLM2Vec.from_pretrained`` (without ``device``).
+        load_args: the :class:`~llm2vec_fast.loading.LoadSpec` each worker loads.
         devices: one worker per entry (``"cuda:0"``, ``"cpu"``; an entry may repeat).
     """
 
-    def __init__(self, load_args: dict, devices: Sequence[str]):
+    def __init__(self, load_args: LoadSpec, devices: Sequence[str]):
         self.devices = list(devices)
         self._ctx = torch.multiprocessing.get_context("spawn")
         self._in_q = self._ctx.Queue()
@@ -361,49 +371,103 @@ class DevicePool:
             q.close()
 
 
-def _pools(encoder: LLM2Vec) -> dict[tuple[str, ...], DevicePool]:
-    pools = encoder.__dict__.get("_device_pools")
-    if pools is None:
-        pools = {}
-        encoder.__dict__["_device_pools"] = pools
-        weakref.finalize(encoder, close_pools, pools)
-    return pools
-
-
 def close_pools(pools: dict) -> None:
-    """Close every pool in ``pools`` (an encoder's ``_device_pools``) and forget them."""
+    """Close every pool in ``pools`` (an encoder's pools, by device list) and forget them."""
     while pools:
         _, pool = pools.popitem()
         pool.close()
 
 
 def run_on_devices(
-    encoder: LLM2Vec,
+    pools: dict,
+    spec: LoadSpec,
     devices: Sequence[str],
     batches: Iterable[tuple[Any, PackedBatch]],
     show_progress_bar: bool,
-    token_level: bool = False,
+    settings: dict,
     total: int | None = None,
 ) -> Iterator[tuple[Any, PackedBatch, Any]]:
-    """Run ``(key, batch)`` items on worker processes, one per device (see module doc); yield
-    ``(key, batch, result)`` in completion order."""
-    problem = _rebuild_problem(encoder)
-    if problem is not None:
-        raise ValueError(f"cannot encode on several devices {list(devices)}: {problem}")
-    pools = _pools(encoder)
+    """Run ``(key, batch)`` items on worker processes, one per device (see module doc), each
+    loading ``spec``; yield ``(key, batch, result)`` in completion order. ``pools``: the
+    caller's pools by device list, reused across calls. ``settings``: ``pooling_mode`` and
+    ``token_level``."""
     key = tuple(devices)
     pool = pools.get(key)
     if pool is None or not pool.alive:
         if pool is not None:
             pool.close()
-        pool = pools[key] = DevicePool(encoder._load_args, devices)
-    settings = {
-        "pooling_mode": encoder.pooling_mode,
-        "skip_instruction": encoder.skip_instruction,
-        "token_level": token_level,
-    }
+        pool = pools[key] = DevicePool(spec, devices)
     try:
         yield from pool.run(batches, settings, show_progress_bar, total)
     except BaseException:
         pools.pop(key, None)
         raise
+
+
+def device_pools(owner) -> dict:
+    """A dict of pools closed when ``owner`` is garbage-collected (or on :func:`close_pools`)."""
+    pools: dict = {}
+    weakref.finalize(owner, close_pools, pools)
+    return pools
+
+
+def encode_on_devices(
+    pools: dict,
+    spec: LoadSpec,
+    devices: Sequence[str],
+    text,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    batch_size: int,
+    max_tokens_per_batch: int | None,
+    chunk_size: int,
+    show_progress_bar: bool,
+    total: int | None,
+    pooling_mode: str,
+    hidden_size: int,
+    token_level: bool = False,
+) -> Iterator[ChunkResult]:
+    """``pairs`` encoded by worker processes, one per device: chunks tokenized (``text``, a
+    :class:`~llm2vec_fast.text.TextProcessor`) and packed here on a thread, as on one device,
+    their batches run by the workers as each frees up (:func:`run_on_devices`); each chunk's
+    :class:`~llm2vec_fast.pipeline.ChunkResult` handed out, in input order, once all its
+    batches are back."""
+    if max_tokens_per_batch is None:  # the parent packs for every worker
+        max_tokens_per_batch = default_token_budget(devices[0], batch_size, text.max_length)
+    chunks = chunked(pairs, chunk_size, first=2 * batch_size)
+    packed = in_background(pack_chunks(text, chunks, max_tokens_per_batch, batch_size))
+    # every chunk passes through here before its batches, so chunks without texts (none
+    # come from chunked()) and the order of completion can be tracked
+    open_chunks: dict[int, ChunkResult] = {}
+    missing: dict[int, int] = {}
+
+    def items():
+        for pc in packed:
+            n = pc.chunk.size
+            emb = [None] * n if token_level else np.empty((n, hidden_size), np.float32)
+            open_chunks[pc.chunk.index] = ChunkResult(pc.chunk, emb)
+            missing[pc.chunk.index] = n
+            for b in pc.batches:
+                yield pc.chunk, b
+
+    settings = {"pooling_mode": pooling_mode, "token_level": token_level}
+    next_index = 0
+    try:
+        for chunk, batch, result in run_on_devices(
+            pools, spec, devices, items(), show_progress_bar, settings, total
+        ):
+            res = open_chunks[chunk.index]
+            if token_level:
+                for i, e in zip(batch.indices.tolist(), result):
+                    res.embeddings[i] = e.numpy()
+            else:
+                res.embeddings[batch.indices] = result.numpy()
+            res.tokens += batch.n_tokens
+            res.batches += 1
+            missing[chunk.index] -= batch.n_texts
+            while missing.get(next_index) == 0:  # hand out finished chunks in order
+                del missing[next_index]
+                yield open_chunks.pop(next_index)
+                next_index += 1
+    finally:
+        packed.close()

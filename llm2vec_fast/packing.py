@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 try:
-    from llm2vec_fast import _C
+    import llm2vec_fast._C as _C
 except ImportError as exc:  # not built (or built for another Python)
     _C = None
     _EXTENSION_ERROR: str | None = f"{type(exc).__name__}: {exc}"
@@ -52,6 +52,9 @@ __all__ = ["HAVE_EXTENSION", "PackedBatch", "pack_token_ids"]
 @dataclass(frozen=True, eq=False)
 class PackedBatch:
     """One padding-free batch of ``b`` texts holding ``total`` tokens.
+
+    The packer makes it of numpy arrays (below); :meth:`to` and :meth:`from_padded` make the
+    same type of torch tensors on a device, the form the model and pooling take.
 
     Attributes:
         indices: int64 ``[b]``, the input position of each text, in batch order.
@@ -111,6 +114,48 @@ class PackedBatch:
             "indices": move(self.indices),
             "max_seqlen": int(self.max_seqlen),
         }
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> PackedBatch:
+        """The same batch with torch tensors on ``device`` (the form the model and pooling
+        take): ``input_ids`` int64, ``cu_seqlens`` and ``position_ids`` int32, ``pool_mask``
+        bool; ``indices`` stay the host array (they place results on the host)."""
+        t = self.to_torch(device, non_blocking=non_blocking)
+        return PackedBatch(
+            self.indices,
+            t["input_ids"],
+            t["cu_seqlens"],
+            t["position_ids"],
+            t["pool_mask"],
+            int(self.max_seqlen),
+        )
+
+    @classmethod
+    def from_padded(
+        cls, features: dict, device: torch.device | str, skip_instruction: bool = True
+    ) -> PackedBatch:
+        """A left- or right-padded batch (``input_ids``, ``attention_mask`` and optionally
+        ``embed_mask``, as the official ``tokenize`` makes it) as a packed one on ``device``
+        (the :meth:`to` form); padding is dropped. ``pool_mask`` is ``embed_mask`` when
+        ``skip_instruction``, else every token."""
+        import torch
+
+        input_ids = features["input_ids"]
+        attention = features["attention_mask"].bool()
+        if skip_instruction and "embed_mask" in features:
+            pool = features["embed_mask"].bool() & attention
+        else:
+            pool = attention
+        lengths = attention.sum(1)
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lengths, 0)
+        return cls(
+            np.arange(len(lengths), dtype=np.int64),
+            input_ids[attention].to(device),
+            cu.to(device),
+            torch.cat([torch.arange(int(n)) for n in lengths]).to(device),
+            pool[attention].to(device),
+            int(lengths.max()),
+        )
 
 
 def pack_token_ids(

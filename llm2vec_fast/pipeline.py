@@ -32,22 +32,30 @@ caller's thread after the chunks before it have been handed back; leaving the lo
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from llm2vec_fast.packing import PackedBatch, pack_token_ids
+from llm2vec_fast.background import IDLE, IDLE_S, Background, Inline, Stop, in_background
+from llm2vec_fast.chunks import (
+    Chunk,
+    ChunkResult,
+    PackedChunk,
+    chunked,
+    default_token_budget,
+    pack_chunks,
+    split_batch,
+)
+from llm2vec_fast.packing import PackedBatch
 
+# Chunk ... pack_chunks: the stages' inputs and outputs, defined in llm2vec_fast.chunks and
+# importable from here too.
 __all__ = [
     "Chunk",
     "ChunkResult",
@@ -55,28 +63,11 @@ __all__ = [
     "PackedChunk",
     "chunked",
     "default_token_budget",
+    "encode_chunks",
     "in_background",
     "overlap_default",
     "pack_chunks",
 ]
-
-_POLL_S = 0.1  # how often a blocked stage checks whether it should stop
-
-
-# The CPU's default token budget per forward pass (measured: bench/README.md, "llm2vec-fast vs
-# the official llm2vec, CPU"): small batches keep the MLP's [tokens, intermediate] activations in
-# the caches, which on a CPU outweighs the larger matrix products of bigger batches.
-CPU_TOKEN_BUDGET = 1024
-
-
-def default_token_budget(device: torch.device | str, batch_size: int, max_length: int) -> int:
-    """The token budget of a batch when the caller names none: ``batch_size * max_length`` on
-    an accelerator (large batches fill it); on a CPU at most :data:`CPU_TOKEN_BUDGET` (and never
-    under ``max_length``, so the longest text still fits)."""
-    budget = batch_size * max_length
-    if torch.device(device).type == "cpu":
-        budget = min(budget, max(CPU_TOKEN_BUDGET, max_length))
-    return budget
 
 
 def overlap_default() -> bool:
@@ -84,194 +75,7 @@ def overlap_default() -> bool:
     return os.environ.get("LLM2VEC_FAST_PIPELINE", "1").strip().lower() not in ("0", "false", "off")
 
 
-@dataclass
-class Chunk:
-    """Consecutive input items: ``pairs[i]`` is input number ``offset + i``."""
-
-    index: int
-    offset: int
-    pairs: list[tuple[str, str]]
-    meta: Any = None  # carried through untouched (the batch job's shard records)
-    # set by pack_chunks: the items whose pooled span is empty (no token of the text is pooled:
-    # it tokenizes to nothing, or nothing of it is left after the doc_max_length cut)
-    empty_pooled: list[int] = field(default_factory=list)
-
-
-@dataclass
-class ChunkResult:
-    """A finished chunk: its embeddings in chunk order and what it took.
-
-    ``embeddings`` is float32 ``[n, hidden]`` (rows of texts in ``failed`` are NaN), or for
-    token-level output a list of float32 ``[n_pooled_i, hidden]`` arrays (None where failed).
-    """
-
-    chunk: Chunk
-    embeddings: Any
-    tokens: int = 0
-    batches: int = 0
-    oom_splits: int = 0
-    failed: list[int] = field(default_factory=list)
-
-
-def chunked(
-    pairs: Iterable[tuple[str, str]], chunk_size: int, first: int | None = None
-) -> Iterator[Chunk]:
-    """Cut a stream of pairs into chunks; sizes start at ``first`` and double up to
-    ``chunk_size`` (a small first chunk starts the device sooner)."""
-    size = max(1, min(first or chunk_size, chunk_size))
-    buf: list[tuple[str, str]] = []
-    index = offset = 0
-    for pair in pairs:
-        buf.append(pair)
-        if len(buf) >= size:
-            yield Chunk(index, offset, buf)
-            index, offset, buf = index + 1, offset + len(buf), []
-            size = min(size * 2, chunk_size)
-    if buf:
-        yield Chunk(index, offset, buf)
-
-
-# ------------------------------------------------------------------------------ threads
-
-
-class _Stop(Exception):
-    """Raised inside a stage when the pipeline is closed."""
-
-
-class _Failed:
-    """An exception carried from a stage to the caller's thread."""
-
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-_END = object()
-_IDLE = object()  # nothing arrived in time: the consumer hands out what it holds
-_IDLE_S = 0.002
-
-
-class _Background:
-    """Runs an iterator on a daemon thread; items come out through a bounded queue."""
-
-    def __init__(self, source: Iterator, maxsize: int, stop: threading.Event, name: str):
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
-        self._stop = stop
-        self.wait_s = 0.0  # time the consumer spent blocked on this queue
-        self._done = False
-        self._thread = threading.Thread(
-            target=self._run, args=(source,), name=f"llm2vec-fast-{name}", daemon=True
-        )
-        self._thread.start()
-
-    def _put(self, item) -> None:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-        raise _Stop
-
-    def _run(self, source: Iterator) -> None:
-        try:
-            for item in source:
-                self._put(item)
-            self._put(_END)
-        except _Stop:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            try:
-                self._put(_Failed(exc))
-            except _Stop:
-                pass
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next(None)
-
-    def next(self, idle_after: float | None):
-        """The next item; with ``idle_after`` seconds, :data:`_IDLE` when none came by then."""
-        if self._done:
-            raise StopIteration
-        t0 = time.perf_counter()
-        while True:
-            timeout = _POLL_S
-            if idle_after is not None:
-                timeout = min(timeout, max(0.0, t0 + idle_after - time.perf_counter()))
-            try:
-                item = self._q.get(timeout=timeout)
-                break
-            except queue.Empty:
-                if self._stop.is_set():
-                    raise _Stop from None
-                if not self._thread.is_alive() and self._q.empty():
-                    raise RuntimeError("an llm2vec-fast pipeline thread died") from None
-                if idle_after is not None and time.perf_counter() - t0 >= idle_after:
-                    self.wait_s += time.perf_counter() - t0
-                    return _IDLE
-        self.wait_s += time.perf_counter() - t0
-        if item is _END:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, _Failed):
-            self._done = True
-            raise item.exc
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        while True:  # free a producer blocked on a full queue, drop what it holds
-            try:
-                self._q.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=30)
-
-
-class _Inline:
-    """The same interface as :class:`_Background`, run in the caller's thread."""
-
-    def __init__(self, source: Iterator):
-        self._source = source
-        self.wait_s = 0.0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next(None)
-
-    def next(self, idle_after: float | None):
-        t0 = time.perf_counter()
-        try:
-            return next(self._source)
-        finally:
-            self.wait_s += time.perf_counter() - t0
-
-    def close(self) -> None:
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
-
-
 # ------------------------------------------------------------------------------ stages
-
-
-@dataclass
-class PackedChunk:
-    """A chunk and its packed batches (the tokenize stage's output)."""
-
-    chunk: Chunk
-    batches: list[PackedBatch]
 
 
 @dataclass
@@ -280,7 +84,7 @@ class _Ready:
 
     chunk: Chunk
     batch: PackedBatch
-    tensors: dict
+    on_device: PackedBatch  # the same batch as torch tensors on the device
     event: Any  # torch.cuda.Event after the copy, or None
 
 
@@ -303,7 +107,9 @@ class EncodePipeline:
     """Chunks of ``(instruction, text)`` pairs in, each chunk's embeddings out, in order.
 
     Args:
-        encoder: the :class:`~llm2vec_fast.encoder.LLM2Vec` whose model runs the batches.
+        text: the :class:`~llm2vec_fast.text.TextProcessor` that turns chunks into token ids
+            (None when ``packed`` is given).
+        runner: the :class:`~llm2vec_fast.runner.EncoderRunner` that runs the batches.
         chunks: an iterable of :class:`Chunk` (see :func:`chunked`); consumed lazily, on the
             tokenize thread. Or None, and ``packed``: an iterable of :class:`PackedChunk`,
             batches packed already (consumed lazily on the tokenize thread all the same).
@@ -314,14 +120,16 @@ class EncodePipeline:
         split_on_oom: on out-of-memory, split the batch in two (by tokens and count) and run
             the halves; a text that does not fit alone is reported in ``failed`` (NaN row).
             Off: the error propagates.
-        run_batch: replaces the model call ``(tensors, batch) -> hidden`` (tests).
+        run_batch: replaces the model call ``(on_device, batch) -> hidden``: the batch on the
+            device and as packed (tests, the batch job).
         on_batch: called with each finished :class:`PackedBatch` (progress bars).
         stop: the event set when the pipeline closes (a source that blocks can poll it).
     """
 
     def __init__(
         self,
-        encoder,
+        text,
+        runner,
         chunks: Iterable[Chunk] | None,
         *,
         max_tokens_per_batch: int = 0,
@@ -336,7 +144,7 @@ class EncodePipeline:
         on_batch: Callable[[PackedBatch], None] | None = None,
         stop: threading.Event | None = None,
     ):
-        self.enc = encoder
+        self.runner = runner
         self.budget = int(max_tokens_per_batch)
         self.batch_size = int(batch_size)
         self.token_level = token_level
@@ -344,9 +152,9 @@ class EncodePipeline:
         self.split_on_oom = split_on_oom
         self.run_batch = run_batch
         self.on_batch = on_batch
-        self.device = encoder._device()
+        self.device = runner.device
         self.cuda = self.device.type == "cuda"
-        self.hidden = int(encoder.model.config.hidden_size)
+        self.hidden = runner.hidden_size
         self._copy_stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.stats = {"texts": 0, "tokens": 0, "batches": 0, "chunks": 0, "oom_splits": 0}
         self._busy = {"tokenize_s": 0.0, "transfer_s": 0.0}
@@ -356,17 +164,17 @@ class EncodePipeline:
         if chunks is not None:
             if self.budget <= 0 or self.batch_size <= 0:
                 raise ValueError("max_tokens_per_batch and batch_size must be positive")
-            packed = pack_chunks(encoder, chunks, self.budget, self.batch_size, self._busy)
+            packed = pack_chunks(text, chunks, self.budget, self.batch_size, self._busy)
         else:
             packed = iter(packed)
         if self.overlap:
-            self._packed = _Background(packed, prefetch_chunks, self._stop, "tokenize")
-            self._ready = _Background(
+            self._packed = Background(packed, prefetch_chunks, self._stop, "tokenize")
+            self._ready = Background(
                 self._transfer_stage(self._packed), prefetch_batches, self._stop, "transfer"
             )
         else:
-            self._packed = _Inline(packed)
-            self._ready = _Inline(self._transfer_stage(self._packed))
+            self._packed = Inline(packed)
+            self._ready = Inline(self._transfer_stage(self._packed))
         self._t0 = time.perf_counter()
         self._closed = False
 
@@ -376,14 +184,14 @@ class EncodePipeline:
         for item in packed:
             for batch in item.batches:
                 t0 = time.perf_counter()
-                tensors, event = self._to_device(batch)
+                on_device, event = self._to_device(batch)
                 self._busy["transfer_s"] += time.perf_counter() - t0
-                yield _Ready(item.chunk, batch, tensors, event)
+                yield _Ready(item.chunk, batch, on_device, event)
             yield _ChunkEnd(item.chunk)
 
-    def _to_device(self, batch: PackedBatch) -> tuple[dict, Any]:
+    def _to_device(self, batch: PackedBatch) -> tuple[PackedBatch, Any]:
         if not self.cuda:
-            return batch.to_torch(self.device), None
+            return batch.to(self.device), None
         # one pinned buffer, one copy: ids | position ids | pool mask | cu_seqlens (int32)
         n, b = batch.n_tokens, batch.n_texts
         host = torch.empty(3 * n + b + 1, dtype=torch.int32, pin_memory=True)
@@ -394,15 +202,17 @@ class EncodePipeline:
         h[3 * n :] = batch.cu_seqlens
         with torch.cuda.stream(self._copy_stream):
             dev = host.to(self.device, non_blocking=True)
-            tensors = {
-                "input_ids": dev[:n].long(),
-                "position_ids": dev[n : 2 * n],
-                "pool_mask": dev[2 * n : 3 * n].bool(),
-                "cu_seqlens": dev[3 * n :],
-            }
+            on_device = PackedBatch(
+                batch.indices,
+                input_ids=dev[:n].long(),
+                cu_seqlens=dev[3 * n :],
+                position_ids=dev[n : 2 * n],
+                pool_mask=dev[2 * n : 3 * n].bool(),
+                max_seqlen=int(batch.max_seqlen),
+            )
             event = torch.cuda.Event()
             event.record(self._copy_stream)
-        return tensors, event
+        return on_device, event
 
     # -- stage 3: the model (caller's thread)
 
@@ -414,7 +224,7 @@ class EncodePipeline:
         def done(chunk: Chunk) -> ChunkResult:
             res = results.pop(chunk.index, None) or self._new_result(chunk)
             self.stats["chunks"] += 1
-            self.stats["texts"] += len(chunk.pairs)
+            self.stats["texts"] += chunk.size
             return res
 
         def flush() -> Iterator[ChunkResult]:
@@ -433,15 +243,15 @@ class EncodePipeline:
                     # while a result is on its way back, wait only briefly for the next batch:
                     # a stream that pauses must not hold finished results back
                     holding = pending is not None or ended is not None
-                    item = self._ready.next(_IDLE_S if holding else None)
+                    item = self._ready.next(IDLE_S if holding else None)
                 except StopIteration:
                     break
-                except _Stop:
+                except Stop:
                     raise
                 except Exception:  # a stage failed: hand out what is complete, then raise
                     yield from flush()
                     raise
-                if item is _IDLE:
+                if item is IDLE:
                     yield from flush()
                     continue
                 if isinstance(item, _ChunkEnd):
@@ -455,7 +265,7 @@ class EncodePipeline:
                 if item.chunk.index not in results:
                     results[item.chunk.index] = self._new_result(item.chunk)
                 try:
-                    launched = self._launch(item.chunk, item.batch, item.tensors, item.event)
+                    launched = self._launch(item.chunk, item.batch, item.on_device, item.event)
                 except Exception as exc:
                     if not (self.split_on_oom and _is_oom(exc)):
                         raise
@@ -470,42 +280,33 @@ class EncodePipeline:
                 if not self.overlap:  # the sequential baseline: nothing in flight
                     yield from flush()
             yield from flush()
-        except _Stop:
+        except Stop:
             pass
         finally:
             self.close()
 
     def _new_result(self, chunk: Chunk) -> ChunkResult:
-        n = len(chunk.pairs)
+        n = chunk.size
         emb: Any = [None] * n if self.token_level else np.full((n, self.hidden), np.nan, np.float32)
         return ChunkResult(chunk, emb)
 
-    def _model(self, tensors: dict, batch: PackedBatch) -> torch.Tensor:
-        if self.run_batch is not None:
-            return self.run_batch(tensors, batch)
-        return self.enc._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
-
-    def _launch(self, chunk: Chunk, batch: PackedBatch, tensors: dict, event) -> _Pending:
+    def _launch(self, chunk: Chunk, batch: PackedBatch, on_device: PackedBatch, event) -> _Pending:
         if event is not None:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(event)  # the device waits for the copy; the host does not
-            for t in tensors.values():
+            batch_tensors = (on_device.input_ids, on_device.position_ids, on_device.pool_mask)
+            for t in (*batch_tensors, on_device.cu_seqlens):
                 t.record_stream(stream)
         with torch.inference_mode():
-            hidden = self._model(tensors, batch)
-            if self.token_level:
-                keep = tensors["pool_mask"]
-                out = hidden[keep].float()
-                # kept tokens before each sequence's end: text i's rows are [ends[i-1], ends[i])
-                counts = F.pad(keep.to(torch.int32).cumsum(0), (1, 0))
-                extra = counts[tensors["cu_seqlens"][1:].long()]
+            if self.run_batch is not None:
+                hidden = self.run_batch(on_device, batch)
             else:
-                out = self.enc._pool(
-                    hidden, tensors["cu_seqlens"], tensors["pool_mask"], tensors["input_ids"]
-                ).float()
-                extra = None
+                hidden = self.runner.run_model(on_device)
+            if self.token_level:
+                # the kept tokens, and where each text's rows end
+                out, extra = self.runner.token_rows(hidden, on_device)
+            else:
+                out, extra = self.runner.pool(hidden, on_device).float(), None
         if not self.cuda:
             return _Pending(chunk, batch, (out, extra), None)
         host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
@@ -557,8 +358,8 @@ class EncodePipeline:
             halves = split_batch(batch)
             for half in halves:
                 try:
-                    tensors, event = self._to_device(half)
-                    p = self._launch(res.chunk, half, tensors, event)
+                    on_device, event = self._to_device(half)
+                    p = self._launch(res.chunk, half, on_device, event)
                     if p.event is not None:
                         p.event.synchronize()
                     self._store(res, half, *p.result)
@@ -594,68 +395,6 @@ class EncodePipeline:
         }
 
 
-def pack_chunks(
-    encoder, chunks: Iterable[Chunk], max_tokens_per_batch: int, batch_size: int, busy=None
-) -> Iterator[PackedChunk]:
-    """Each chunk joined (instructions, the doc_max_length cut, prompt wrapping), tokenized
-    and packed into batches; ``busy["tokenize_s"]`` adds up the time spent."""
-    for chunk in chunks:
-        t0 = time.perf_counter()
-        batches: list[PackedBatch] = []
-        if chunk.pairs:
-            joined = encoder._joined_strings(chunk.pairs)
-            ids, offsets, pool_lengths = encoder._token_arrays(joined)
-            chunk.empty_pooled = _empty_pooled(ids, offsets, pool_lengths, encoder.max_length)
-            batches = pack_token_ids(
-                ids,
-                pool_lengths,
-                offsets=offsets,
-                max_length=encoder.max_length,
-                max_tokens_per_batch=max_tokens_per_batch,
-                max_batch_size=batch_size,
-            )
-        if busy is not None:
-            busy["tokenize_s"] += time.perf_counter() - t0
-        yield PackedChunk(chunk, batches)
-
-
-def _empty_pooled(ids, offsets, pool_lengths, max_length: int) -> list[int]:
-    """The texts whose pooled span is empty, as the packer will mark it: the last
-    ``min(pool_length, length)`` tokens of each (truncated) sequence."""
-    if offsets is None:
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    else:
-        lengths = np.diff(np.asarray(offsets, dtype=np.int64))
-    if max_length > 0:
-        lengths = np.minimum(lengths, max_length)
-    pooled = np.minimum(np.asarray(pool_lengths, dtype=np.int64), lengths)
-    return np.flatnonzero(pooled <= 0).tolist()
-
-
-def in_background(source: Iterator, maxsize: int = 1, name: str = "tokenize"):
-    """``source`` run on a daemon thread, at most ``maxsize`` items ahead; iterate the
-    returned object, and ``close()`` it when done (stops the thread). Errors are raised to the
-    reader."""
-    return _Background(source, maxsize, threading.Event(), name)
-
-
-def split_batch(batch: PackedBatch) -> list[PackedBatch]:
-    """A batch as two (or more) smaller ones with the same texts: half the tokens and half
-    the texts at most; ``indices`` keep pointing into the same chunk."""
-    cu = batch.cu_seqlens.astype(np.int64)
-    kept = np.concatenate([[0], np.cumsum(batch.pool_mask, dtype=np.int64)])
-    pool = kept[cu[1:]] - kept[cu[:-1]]  # the pool mask is the last `pool` tokens of each text
-    parts = pack_token_ids(
-        batch.input_ids,
-        pool,
-        offsets=cu,
-        max_length=0,
-        max_tokens_per_batch=max(1, batch.n_tokens // 2),
-        max_batch_size=max(1, math.ceil(batch.n_texts / 2)),
-    )
-    return [dataclasses.replace(p, indices=batch.indices[p.indices]) for p in parts]
-
-
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -665,3 +404,56 @@ def _is_oom(exc: BaseException) -> bool:
 def _free_device_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def encode_chunks(
+    text,
+    runner,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    batch_size: int,
+    max_tokens_per_batch: int | None,
+    chunk_size: int,
+    show_progress_bar: bool = False,
+    total: int | None = None,
+    token_level: bool = False,
+    on_close: Callable[[dict], None] | None = None,
+) -> Iterator[ChunkResult]:
+    """Run ``pairs`` through an :class:`EncodePipeline` on ``runner``'s device; yield each
+    chunk's :class:`ChunkResult` in input order, with a progress bar (``total`` texts, None for
+    a stream). ``max_tokens_per_batch`` None: :func:`default_token_budget` for the device.
+    ``on_close`` gets :meth:`EncodePipeline.summary` when the run ends (or stops early)."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    bar = tqdm(total=total, unit="text", desc="Encoding", disable=not show_progress_bar)
+    start = time.perf_counter()
+    seen = {"tokens": 0}
+
+    def progress(batch: PackedBatch) -> None:
+        seen["tokens"] += batch.n_tokens
+        bar.update(batch.n_texts)
+        rate = seen["tokens"] / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(tok_s=f"{rate:,.0f}", refresh=False)
+
+    if max_tokens_per_batch is None:
+        max_tokens_per_batch = default_token_budget(runner.device, batch_size, text.max_length)
+    pipe = EncodePipeline(
+        text,
+        runner,
+        chunked(pairs, chunk_size, first=2 * batch_size),
+        max_tokens_per_batch=max_tokens_per_batch,
+        batch_size=batch_size,
+        token_level=token_level,
+        on_batch=progress if show_progress_bar else None,
+        # a list that fits in one batch has nothing to overlap: no threads (~1 ms a call)
+        overlap=False if total is not None and total <= batch_size else None,
+    )
+    try:
+        yield from pipe
+    finally:
+        pipe.close()
+        bar.close()
+        if on_close is not None:
+            on_close(pipe.summary())

@@ -4,7 +4,6 @@ input forms, batching independence, save/load, PEFT adapters and the published l
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -12,11 +11,11 @@ import torch
 from torch.testing import assert_close
 
 from llm2vec_fast import CheckpointError, LLM2Vec
+from llm2vec_fast.runner import EncoderRunner
 from llm2vec_fast.testing import (
     make_published_layout,
     make_tiny_checkpoint,
     make_tiny_lora,
-    reference_doc_cut,
 )
 
 SEP = "!@#$%^&*()"
@@ -117,115 +116,6 @@ def test_doc_max_length_cut(llama_dir):
     assert _rel_err(ours, ref) < 1e-5
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("cpp", ["1", "0"])
-def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
-    llama_dir, seed, cpp, monkeypatch
-):
-    """_joined_strings cuts all long texts at once (in C++ threads, or in Python rounds of
-    batched counts with HF's tokenizer); llm2vec 0.2.3's _convert_to_str loops per text, as
-    written out here over the HF tokenizer: the strings must be identical, several rounds
-    included, except where the official loop empties a non-blank text (the deviation: cut
-    by tokens instead, as testing.reference_doc_cut writes it out)."""
-    import random
-
-    monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)
-
-    rng = random.Random(seed)
-    words = ["cat", "markets,", "oil", "42", "naïve", "😀", "x" * 30, "don't", "a.b"]
-    spaces = [" ", "  ", "\t", "\n", " \u3000 ", "\x1c", "\u2029"]
-    pairs = []
-    for _ in range(40):
-        n = rng.choice([0, 1, 3, 8, 20, 60])
-        text = "".join(rng.choice(words) + rng.choice(spaces) for _ in range(n))
-        pairs.append((rng.choice(["", "Classify"]), text))
-    pairs += [("", "x" * 200), ("Classify", "数字" * 50 + " 42")]  # emptied by the official cut
-    model = LLM2Vec.from_pretrained(llama_dir, max_length=64, doc_max_length=6, device="cpu")
-    tok = model.tokenizer
-
-    def official(instruction, text):  # llm2vec 0.2.3 LLM2Vec._convert_to_str
-        def n_tokens(t):
-            ids = tok(t, truncation=True, max_length=64, add_special_tokens=False)["input_ids"]
-            return len(ids)
-
-        n, original = n_tokens(text), text
-        while n > 6:
-            text = " ".join(text.split()[: int(len(text.split()) * (6 / n))])
-            n = n_tokens(text)
-        if not text and original.split():  # the deviation
-            text, _, how = reference_doc_cut(n_tokens, original, 6)
-            assert how == "tokens" and text
-            emptied.append(original)
-        return f"{instruction.strip()} {SEP}{text}" if instruction else f"{SEP}{text}"
-
-    emptied: list[str] = []
-
-    expected = [model.prepare_for_tokenization(official(i, t)) for i, t in pairs]
-    assert emptied[-2:] == ["x" * 200, "数字" * 50 + " 42"]
-    assert model._joined_strings(pairs) == expected
-    assert [model._convert_to_str(i, t) for i, t in pairs[:10]] == [
-        official(i, t) for i, t in pairs[:10]
-    ]
-
-
-NO_SPACES = [
-    "a" * 3000,
-    "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 10,
-    "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk" * 40,
-    "x" * 2000 + " tail",
-]
-
-
-@pytest.mark.parametrize("cpp", ["1", "0"])
-def test_long_text_without_spaces_is_cut_by_tokens_not_emptied(llama_dir, cpp, monkeypatch):
-    """Deviation (README, "Differences, on purpose"): the official word cut turns a text
-    without spaces that runs over doc_max_length into "" (a zero vector, no warning). Ours
-    keeps a prefix within doc_max_length tokens, the same string with the C++ tokenizer and
-    with HF's (the fallback), and embeds it, silently: nothing is empty."""
-    monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)
-    model = LLM2Vec.from_pretrained(llama_dir, max_length=64, doc_max_length=20, device="cpu")
-    tok = model.tokenizer
-
-    def n_tokens(t):
-        return len(tok(t, truncation=True, max_length=64, add_special_tokens=False)["input_ids"])
-
-    want = [reference_doc_cut(n_tokens, t, 20) for t in NO_SPACES]
-    assert all(how == "tokens" and cut and n <= 20 for cut, n, how in want)
-    cut = [c for c, _, _ in want]
-    assert model._cut_texts(list(NO_SPACES)) == cut
-    pairs = [["", t] for t in NO_SPACES] + [["Classify", t] for t in NO_SPACES]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*pooled span")
-        ours = model.encode(pairs, show_progress_bar=False)
-    assert bool((ours.norm(dim=1) > 0).all())
-    ref = model.encode([["", c] for c in cut] + [["Classify", c] for c in cut],
-                       show_progress_bar=False)  # fmt: skip
-    assert _rel_err(ours, ref) < 1e-6
-    # the instruction's embedding alone differs from the pair's
-    alone = model.encode([["Classify", ""]], show_progress_bar=False)
-    assert _rel_err(ours[len(cut) :], alone.expand(len(cut), -1)) > 1e-3
-
-
-def test_encode_warns_when_a_pooled_span_is_empty(llama_dir):
-    """A non-blank text of which no token is pooled (here: doc_max_length=1, and its first
-    code point alone is several byte tokens) is embedded, with a warning naming its index; a
-    blank text is the official behaviour, silently."""
-    model = LLM2Vec.from_pretrained(llama_dir, max_length=64, doc_max_length=1, device="cpu")
-    tag = "\U000e0001" * 5
-    assert model._token_counts([tag[0]])[0] > 1 and model._cut_texts([tag]) == [""]
-    items = ["fine", tag, "", ["Classify", tag], "a" * 300]
-    with pytest.warns(UserWarning, match=r"2 non-blank texts have an empty pooled span.*\b1, 3\b"):
-        out = model.encode(items, show_progress_bar=False)
-    assert not bool(out[1].any()) and bool(out[3].any()) and bool(out[4].any())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*pooled span")
-        model.encode(["fine", "", "a" * 300], show_progress_bar=False)
-    with pytest.warns(UserWarning, match=r"9 non-blank texts .*\b0, 1, 2, 3, 4, \.\.\."):
-        model.encode([tag] * 9, show_progress_bar=False)
-    with pytest.warns(UserWarning, match=r"1 non-blank text has an empty pooled span.*\b2\b"):
-        list(model.encode_iter(["a", "b", tag], show_progress_bar=False))
-
-
 def test_bos_token_pooling(bos_dir, llama_dir):
     model = LLM2Vec.from_pretrained(bos_dir, pooling_mode="bos_token", device="cpu")
     ours = model.encode([list(p) for p in PAIRS[:4]], show_progress_bar=False)
@@ -239,9 +129,9 @@ def test_bos_token_pooling(bos_dir, llama_dir):
 
 def test_token_ids_and_embed_mask_match_official_tokenize(llama_dir):
     model = LLM2Vec.from_pretrained(llama_dir, max_length=32, device="cpu")
-    joined = model._joined_strings(PAIRS)
+    joined = model.text.joined(PAIRS)
     feats = model.tokenize(joined)
-    ids, pool_lengths = model._token_ids(joined)
+    ids, pool_lengths = model.text.token_ids(joined)
     for i, seq in enumerate(ids):
         row = feats["input_ids"][i][feats["attention_mask"][i].bool()].tolist()
         assert row == seq
@@ -377,7 +267,7 @@ def test_bad_arguments(llama_dir, tmp_path):
 def test_long_text_is_truncated_not_an_error(llama_dir):
     model = LLM2Vec.from_pretrained(llama_dir, max_length=16, device="cpu")
     long = "many words here " * 500
-    ids, _ = model._token_ids(model._joined_strings([("", long)]))
+    ids, _ = model.text.token_ids(model.text.joined([("", long)]))
     assert len(ids[0]) == 16
     assert torch.isfinite(model.encode([long], show_progress_bar=False)).all()
 
@@ -521,7 +411,7 @@ def test_token_embeddings_are_the_hidden_states(llama_dir, skip_instruction):
     toks = model.encode(
         texts, output_value="token_embeddings", batch_size=2, show_progress_bar=False
     )
-    ids, pool_lengths = model._token_ids(model._joined_strings(PAIRS))
+    ids, pool_lengths = model.text.token_ids(model.text.joined(PAIRS))
     assert len(toks) == len(PAIRS)
     for seq, n, t in zip(ids, pool_lengths, toks):
         n = min(n, len(seq))
@@ -553,10 +443,10 @@ def test_auto_kernels_keep_torch_on_the_cpu(llama_dir, monkeypatch):
     in half precision only (tests/interpret/test_kernel_check.py runs the check itself); on the
     CPU, or with LLM2VEC_FAST_KERNELS=torch, torch's path is kept without checking."""
     calls = []
-    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self, *a: calls.append(1))
+    monkeypatch.setattr(EncoderRunner, "check_kernels", lambda self, *a: calls.append(1))
     model = LLM2Vec.from_pretrained(llama_dir, device="cpu", torch_dtype="bfloat16")
     assert model.model.attn_implementation == "sdpa" and not calls
-    assert model._load_args["attn_implementation"] == "auto"
+    assert model.load_spec.attn_implementation == "auto"
     model.to("cpu")  # a move chooses again (cached per device and dtype)
     assert model.model.attn_implementation == "sdpa" and not calls
     assert model.select_kernels(check_on_cpu=True) == "triton" and calls == [1]  # None: passed

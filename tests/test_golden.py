@@ -28,6 +28,7 @@ from llm2vec_fast.testing import (
     make_tiny_lora,
     tensors_sha256,
 )
+from llm2vec_fast.text import split_sep
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 REGENERATE = "regenerate the fixtures with bench/make_golden_fixtures.py"
@@ -241,13 +242,13 @@ def test_token_ids_and_pooled_span(ckpts, fname, r, c):
     rows = case["official"]["rows"]
     pairs = _pairs(case["sentences"])
     assert len(rows) == len(pairs)
-    joined = model._joined_strings(pairs)
-    ids, pool = model._token_ids(joined)
+    joined = model.text.joined(pairs)
+    ids, pool = model.text.token_ids(joined)
     for i, row in enumerate(rows):
         label = f"{run['id']}:{case['name']} row {i} {pairs[i]!r}"
         assert joined[i] == row["prepared"], f"{label}: joined/prepared string differs"
         assert ids[i] == row["ids"], f"{label}: token ids differ"
-        n_text = model._token_counts([model._split_sep(joined[i])[1]])[0]
+        n_text = model.text.token_counts([split_sep(joined[i])[1]])[0]
         k = min(n_text, len(ids[i]))
         # the official embed_mask: the last n positions of the padded row (n = the text alone)
         assert row["pool_count"] == min(n_text, row["padded_length"]), f"{label}: pooled count"
@@ -431,7 +432,7 @@ def test_doc_cut_is_official_wherever_the_official_cut_is_not_empty(ckpts, fname
     assert len(emptied) >= 4 and sum(official[i] != texts[i] for i in kept) >= 50
     for cpp in ("1", "0"):
         monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)
-        ours = model._cut_texts(list(texts))
+        ours = model.text.cut_texts(list(texts))
         for i in kept:
             assert ours[i] == official[i], f"{run['id']} (C++ tokenizer {cpp}): text {i}"
         for i in emptied:  # only these change: a non-empty prefix within the limit

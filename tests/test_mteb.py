@@ -199,7 +199,7 @@ def test_cli_eval_tasks_with_local_data_dir(tmp_path, model, capsys, monkeypatch
     """A registered MTEB task (STSBenchmark) read from --data-dir; instructions from a file."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # the command sets them: undo after
         monkeypatch.setenv(var, "1")
-    ckpt = model._load_args["base_model_name_or_path"]
+    ckpt = model.load_spec.base_model_name_or_path
     repo = tmp_path / "data" / "mteb" / "stsbenchmark-sts"
     repo.mkdir(parents=True)
     with open(repo / "test.jsonl", "w", encoding="utf-8") as f:
@@ -234,7 +234,7 @@ def test_cli_eval_tasks_with_local_data_dir(tmp_path, model, capsys, monkeypatch
 def test_cli_eval_missing_local_copy(tmp_path, model, capsys, monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.setenv(var, "1")
-    ckpt = model._load_args["base_model_name_or_path"]
+    ckpt = model.load_spec.base_model_name_or_path
     (tmp_path / "data").mkdir()
     argv = ["eval", "--tasks", "STSBenchmark", "--model", ckpt, "--device", "cpu", "-q"]
     argv += ["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")]

@@ -134,18 +134,20 @@ def test_bad_device_lists(model):
             model.encode(["a"], device=["cuda:0", "cuda:1"])
 
 
-def test_default_uses_every_gpu_only_when_it_can(model, monkeypatch):
-    assert md.default_devices(model) is None  # model on the CPU
+def test_device_none_never_starts_processes(model, monkeypatch):
+    """With several GPUs visible, ``device=None`` runs on the model's own device, in this
+    process: worker processes start only for a device list the caller names."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("no worker process without device=[...]")
+
+    ref = model.encode(TEXTS[:5], show_progress_bar=False)
+    monkeypatch.setattr(md, "DevicePool", fail)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    assert md.default_devices(model) is None  # still on the CPU
-    monkeypatch.setattr(model, "_device", lambda: torch.device("cuda", 0))
-    assert md.default_devices(model) == ["cuda:0", "cuda:1", "cuda:2"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert md.default_devices(model) is None  # one GPU: in process
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(model, "_load_fingerprint", ())
-    assert md.default_devices(model) is None  # weights changed: in process
+    out = model.encode(TEXTS[:5], show_progress_bar=False)
+    assert_close(out, ref)
+    assert not hasattr(md, "default_devices")
 
 
 def test_worker_failure_is_reported(ckpt, tmp_path):

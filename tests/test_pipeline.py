@@ -14,15 +14,9 @@ import torch
 from torch.testing import assert_close
 
 from llm2vec_fast import LLM2Vec
+from llm2vec_fast.chunks import CPU_TOKEN_BUDGET, split_batch
 from llm2vec_fast.packing import pack_token_ids
-from llm2vec_fast.pipeline import (
-    CPU_TOKEN_BUDGET,
-    Chunk,
-    EncodePipeline,
-    chunked,
-    default_token_budget,
-    split_batch,
-)
+from llm2vec_fast.pipeline import Chunk, EncodePipeline, chunked, default_token_budget
 from llm2vec_fast.testing import make_tiny_checkpoint, resident_memory_mb
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
@@ -132,7 +126,7 @@ def test_tokenizing_the_next_chunk_overlaps_the_model(model):
     chunk 0 waits for that to happen (sequential stages would never get there)."""
     texts = random_texts(12, 3)
     chunk1_tokenized = threading.Event()
-    real = model._token_arrays
+    real = model.text.token_arrays
     calls = [0]
 
     def spy(joined):
@@ -143,23 +137,26 @@ def test_tokenizing_the_next_chunk_overlaps_the_model(model):
 
     seen_overlap = []
 
-    def run_batch(tensors, batch):
+    def run_batch(on_device, batch):
         if not seen_overlap:
             seen_overlap.append(chunk1_tokenized.wait(timeout=20))
-        return model._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
+        return model.runner.run_model(on_device)
 
-    model._token_arrays = spy
+    model.text.token_arrays = spy
     try:
         pairs = as_pairs(texts)
         chunks = [Chunk(0, 0, pairs[:6]), Chunk(1, 6, pairs[6:])]
         pipe = EncodePipeline(
-            model, chunks, max_tokens_per_batch=64, batch_size=2, run_batch=run_batch
+            model.text,
+            model.runner,
+            chunks,
+            max_tokens_per_batch=64,
+            batch_size=2,
+            run_batch=run_batch,
         )
         results = list(pipe)
     finally:
-        del model._token_arrays
+        del model.text.token_arrays
     assert seen_overlap == [True]
     assert [r.chunk.index for r in results] == [0, 1]
     ref = model.encode(texts, show_progress_bar=False)
@@ -197,16 +194,16 @@ def test_an_error_raised_by_the_stream_itself_propagates(model):
 def test_an_interrupt_in_the_model_stops_the_threads(model, exc):
     n = [0]
 
-    def run_batch(tensors, batch):
+    def run_batch(on_device, batch):
         n[0] += 1
         if n[0] == 3:
             raise exc("stop here")
-        return model._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
+        return model.runner.run_model(on_device)
 
     chunks = chunked(((("", t) for t in itertools.repeat("a few words here"))), 4)
-    pipe = EncodePipeline(model, chunks, max_tokens_per_batch=16, batch_size=2, run_batch=run_batch)
+    pipe = EncodePipeline(
+        model.text, model.runner, chunks, max_tokens_per_batch=16, batch_size=2, run_batch=run_batch
+    )
     with pytest.raises(exc, match="stop here"):
         for _ in pipe:
             pass
@@ -216,25 +213,17 @@ def test_an_interrupt_in_the_model_stops_the_threads(model, exc):
 def test_out_of_memory_splits_the_batch_and_reports_what_never_fits(model):
     limit = 50
     short = [t for t in random_texts(40, 4) if isinstance(t, str)]
-    short = [t for t, n in zip(short, model._token_counts(short)) if n <= limit - 4]
+    short = [t for t, n in zip(short, model.text.token_counts(short)) if n <= limit - 4]
     texts = short + ["word " * 60]  # the last one is over the limit alone (64 tokens)
 
-    def run_batch(tensors, batch):
+    def run_batch(on_device, batch):
         if batch.n_tokens > limit:
             raise torch.OutOfMemoryError(f"simulated: {batch.n_tokens} tokens")
-        return model._run_model(
-            tensors["input_ids"], tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
+        return model.runner.run_model(on_device)
 
     pairs = as_pairs(texts)
-    pipe = EncodePipeline(
-        model,
-        [Chunk(0, 0, pairs)],
-        max_tokens_per_batch=512,
-        batch_size=64,
-        split_on_oom=True,
-        run_batch=run_batch,
-    )
+    args = dict(max_tokens_per_batch=512, batch_size=64, run_batch=run_batch)
+    pipe = EncodePipeline(model.text, model.runner, [Chunk(0, 0, pairs)], split_on_oom=True, **args)
     (res,) = list(pipe)
     ref = model.encode(texts, show_progress_bar=False).numpy()
     big = len(texts) - 1
@@ -242,15 +231,7 @@ def test_out_of_memory_splits_the_batch_and_reports_what_never_fits(model):
     np.testing.assert_allclose(res.embeddings[:big], ref[:big], atol=2e-5, rtol=1e-4)
     assert res.oom_splits >= 2
     with pytest.raises(torch.OutOfMemoryError):  # without split_on_oom the error propagates
-        list(
-            EncodePipeline(
-                model,
-                [Chunk(0, 0, pairs)],
-                max_tokens_per_batch=512,
-                batch_size=64,
-                run_batch=run_batch,
-            )
-        )
+        list(EncodePipeline(model.text, model.runner, [Chunk(0, 0, pairs)], **args))
     assert_no_threads_left()
 
 

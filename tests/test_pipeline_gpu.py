@@ -59,22 +59,25 @@ def test_the_model_sees_exactly_the_batch_it_was_sent(ckpt):
     model = LLM2Vec.from_pretrained(ckpt, device="cuda", max_length=512)
     seen = []
 
-    def run_batch(tensors, batch):
-        ids = tensors["input_ids"]
+    def run_batch(on_device, batch):
+        ids = on_device.input_ids
         seen.append(
             torch.equal(ids.cpu(), torch.from_numpy(batch.input_ids).long())
-            and torch.equal(tensors["cu_seqlens"].cpu(), torch.from_numpy(batch.cu_seqlens))
-            and torch.equal(tensors["pool_mask"].cpu(), torch.from_numpy(batch.pool_mask).bool())
+            and torch.equal(on_device.cu_seqlens.cpu(), torch.from_numpy(batch.cu_seqlens))
+            and torch.equal(on_device.pool_mask.cpu(), torch.from_numpy(batch.pool_mask).bool())
         )
-        return model._run_model(
-            ids, tensors["cu_seqlens"], tensors["position_ids"], batch.max_seqlen
-        )
+        return model.runner.run_model(on_device)
 
     pairs = [("", t) for t in texts(2000, 2)]
     chunks = [Chunk(i, 500 * i, pairs[500 * i : 500 * (i + 1)]) for i in range(4)]
     results = list(
         EncodePipeline(
-            model, chunks, max_tokens_per_batch=65536, batch_size=512, run_batch=run_batch
+            model.text,
+            model.runner,
+            chunks,
+            max_tokens_per_batch=65536,
+            batch_size=512,
+            run_batch=run_batch,
         )
     )
     assert seen and all(seen)

@@ -655,8 +655,8 @@ def test_pooled_counts_equal_official_embed_mask(tmp_path_factory, family, add_b
     assert for_hf_tokenizer(model.tokenizer) is not None  # the C++ path is what runs here
     texts = gensim_texts()
     pairs = [(INSTRUCTIONS[i % len(INSTRUCTIONS)], t) for i, t in enumerate(texts)]
-    joined = model._joined_strings(pairs)
-    ids, pool = model._token_ids(joined)
+    joined = model.text.joined(pairs)
+    ids, pool = model.text.token_ids(joined)
     official = official_tokenize(model.tokenizer, joined, max_length)
     valid = official["attention_mask"].bool()
     width = valid.shape[1]

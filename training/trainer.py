@@ -178,20 +178,17 @@ def build_model(config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     from llm2vec_fast.encoder import LLM2Vec
+    from llm2vec_fast.loading import LoadSpec
 
     model_dir = _resolve_model_dir(config)
-    enc = LLM2Vec.from_pretrained(
-        str(model_dir),
-        peft_model_name_or_path=config.peft or None,
-        merge_peft=True,
-        base_weights_path=config.base_weights,
+    spec = LoadSpec.from_options(
+        config,
+        base_model_name_or_path=str(model_dir),
         pooling_mode=config.pooling_mode,
         max_length=config.max_seq_length,
-        torch_dtype=config.dtype,
-        device=config.device,
         enable_bidirectional=config.bidirectional,
-        attn_implementation=config.attn_implementation,
     )
+    enc = LLM2Vec.from_pretrained(**spec.kwargs(), device=config.device)
     base = enc.model
     base.attention_dropout = float(config.attention_dropout)
     base.gradient_checkpointing = bool(config.gradient_checkpointing)
@@ -229,12 +226,12 @@ class Objective:
 
     def pooled(self, packed: Packed) -> torch.Tensor:
         hidden = self.forward(packed)
-        return self.enc._pool(hidden, packed.cu_seqlens, packed.pool_mask, packed.input_ids)
+        return self.enc.runner.pool(hidden, packed)
 
     def encode_texts(self, pairs: list[tuple[str, str]]) -> Packed:
         """Pairs ``(instruction, text)`` -> a packed batch with the official joining, prompt
         wrapping and pooled spans (as ``LLM2Vec.encode``), truncated to max_seq_length."""
-        ids, pool_lengths = self.enc._token_ids(self.enc._joined_strings(pairs))
+        ids, pool_lengths = self.enc.text.token_ids(self.enc.text.joined(pairs))
         return pack(ids, pool_lengths)
 
 
@@ -335,7 +332,7 @@ def _gradcache_loss(objective, packed_pairs, chunk: int, backward) -> torch.Tens
     pairs = packed_pairs
     chunks = [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
     states, reps = [], []
-    dev = objective.enc._device()
+    dev = objective.enc.runner.device
     for c in chunks:
         states.append(
             (torch.get_rng_state(), torch.cuda.get_rng_state() if dev.type == "cuda" else None)
@@ -462,7 +459,7 @@ def train(config: TrainConfig) -> dict:
         skip=step * accum,
         drop_last=world > 1,
     )
-    device = enc._device()
+    device = enc.runner.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -571,7 +568,7 @@ class _ModelRunner:
 
 
 def _count_tokens(objective, pairs) -> int:
-    ids, _ = objective.enc._token_ids(objective.enc._joined_strings(pairs))
+    ids, _ = objective.enc.text.token_ids(objective.enc.text.joined(pairs))
     return sum(len(x) for x in ids)
 
 

@@ -172,9 +172,9 @@ class LLM2VecMTEB(AbsEncoder):
 
 
 def _default_name(model: LLM2Vec) -> str:
-    args = getattr(model, "_load_args", None) or {}
-    adapters = args.get("peft_model_name_or_path") or []
-    path = adapters[-1] if adapters else args.get("base_model_name_or_path")
+    spec = model.load_spec
+    adapters = spec.peft_model_name_or_path if spec is not None else ()
+    path = adapters[-1] if adapters else spec and spec.base_model_name_or_path
     if path:
         return Path(path).name
     return Path(model.name_or_path).name if model.name_or_path else "model"

@@ -44,8 +44,12 @@ from typing import Any
 
 import torch
 
-from llm2vec_fast.encoder import LLM2Vec, _as_pairs, _is_peft, resolve_dtype
+from llm2vec_fast.devices import resolve_dtype
+from llm2vec_fast.encoder import LLM2Vec
+from llm2vec_fast.loading import is_peft
 from llm2vec_fast.optional import optional_import
+from llm2vec_fast.packing import PackedBatch
+from llm2vec_fast.text import as_pairs
 
 with optional_import(
     "sentence_transformers", feature="llm2vec_fast.integrations.sentence_transformers"
@@ -98,9 +102,8 @@ class LLM2VecModule(InputModule):
 
     def get_config_dict(self) -> dict[str, Any]:
         dtype = next(self.llm2vec.model.parameters()).dtype
-        base = self.llm2vec.model.get_base_model() if _is_peft(self.llm2vec.model) else None
-        attn = getattr(base or self.llm2vec.model, "attn_implementation", "sdpa")
-        if self.llm2vec.__dict__.get("_auto_kernels"):
+        attn = getattr(self.llm2vec.runner.base_model, "attn_implementation", "sdpa")
+        if self.llm2vec.runner.auto_kernels:
             attn = "auto"  # chosen again where the model is loaded
         return {"torch_dtype": _DTYPE_NAMES.get(dtype, "float32"), "attn_implementation": attn}
 
@@ -121,18 +124,18 @@ class LLM2VecModule(InputModule):
                 )
             pairs = [(prompt, text) for text in inputs]
         else:
-            pairs = _as_pairs(list(inputs))
-        return self.llm2vec.tokenize(self.llm2vec._joined_strings(pairs))
+            pairs = as_pairs(list(inputs))
+        return self.llm2vec.tokenize(self.llm2vec.text.joined(pairs))
 
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         """Run a :meth:`preprocess` batch packed; add ``sentence_embedding`` and
         ``token_embeddings`` (module docstring)."""
         enc = self.llm2vec
-        t = enc._unpad(features)
-        hidden = enc._run_model(t["input_ids"], t["cu_seqlens"], t["position_ids"], t["max_seqlen"])
-        emb = enc._pool(hidden, t["cu_seqlens"], t["pool_mask"], t["input_ids"])
-        cu = t["cu_seqlens"].tolist()
-        pooled = [hidden[a:b][t["pool_mask"][a:b]].float() for a, b in zip(cu[:-1], cu[1:])]
+        batch = PackedBatch.from_padded(features, enc.runner.device, enc.skip_instruction)
+        hidden = enc.runner.run_model(batch)
+        emb = enc.runner.pool(hidden, batch)
+        cu = batch.cu_seqlens.tolist()
+        pooled = [hidden[a:b][batch.pool_mask[a:b]].float() for a, b in zip(cu[:-1], cu[1:])]
         tokens = torch.nn.utils.rnn.pad_sequence(pooled, batch_first=True)
         lengths = torch.tensor([len(p) for p in pooled], device=tokens.device)
         mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
@@ -149,7 +152,7 @@ class LLM2VecModule(InputModule):
         A model holding an unmerged PEFT adapter is saved merged, from a merged copy (the
         in-memory model keeps its adapter; the copy needs memory for a second model)."""
         enc = self.llm2vec
-        if _is_peft(enc.model):
+        if is_peft(enc.model):
             merged = copy.deepcopy(enc.model).merge_and_unload()
             enc = LLM2Vec(
                 merged,
@@ -219,7 +222,7 @@ def llm2vec_sentence_transformer(
         modules.append(Normalize())
     return SentenceTransformer(
         modules=modules,
-        device=device or str(module.llm2vec._device()),
+        device=device or str(module.llm2vec.runner.device),
         prompts=prompts,
         default_prompt_name=default_prompt_name,
         truncate_dim=truncate_dim,

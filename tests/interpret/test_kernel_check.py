@@ -14,8 +14,8 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-import llm2vec_fast.encoder as encoder_module  # noqa: E402
 import llm2vec_fast.model as model_module  # noqa: E402
+import llm2vec_fast.runner as runner_module  # noqa: E402
 from llm2vec_fast import LLM2Vec  # noqa: E402
 from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
 
@@ -32,8 +32,10 @@ def model(tmp_path_factory):
 def test_correct_kernels_pass_and_are_chosen(model, monkeypatch):
     assert model.check_kernels(LENGTHS) is None
     assert model.model.attn_implementation == "sdpa"  # the check leaves torch's path on
-    real = LLM2Vec.check_kernels
-    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self: real(self, LENGTHS))
+    real = runner_module.EncoderRunner.check_kernels
+    monkeypatch.setattr(
+        runner_module.EncoderRunner, "check_kernels", lambda self: real(self, LENGTHS)
+    )
     assert model.select_kernels(check_on_cpu=True, recheck=True) == "triton"
     assert model.model.attn_implementation == "triton"
     model.model.attn_implementation = "sdpa"
@@ -46,8 +48,10 @@ def test_a_wrong_norm_kernel_is_caught(model, monkeypatch):
     )
     problem = model.check_kernels(LENGTHS)
     assert problem is not None and "hidden states" in problem
-    real_check = LLM2Vec.check_kernels
-    monkeypatch.setattr(LLM2Vec, "check_kernels", lambda self: real_check(self, LENGTHS))
+    real_check = runner_module.EncoderRunner.check_kernels
+    monkeypatch.setattr(
+        runner_module.EncoderRunner, "check_kernels", lambda self: real_check(self, LENGTHS)
+    )
     with pytest.warns(RuntimeWarning, match="failed their check"):
         assert model.select_kernels(check_on_cpu=True, recheck=True) == "sdpa"
     assert model.model.attn_implementation == "sdpa"
@@ -55,7 +59,7 @@ def test_a_wrong_norm_kernel_is_caught(model, monkeypatch):
 
 def test_a_wrong_pooling_kernel_and_a_crash_are_caught(model, monkeypatch):
     monkeypatch.setattr(
-        encoder_module, "segment_pool", lambda h, cu, m, mode: torch.zeros(len(cu) - 1, h.shape[1])
+        runner_module, "segment_pool", lambda h, cu, m, mode: torch.zeros(len(cu) - 1, h.shape[1])
     )
     assert "pooling" in model.check_kernels(LENGTHS)
     monkeypatch.undo()
