@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from llm2vec_fast.io_formats import write_json_atomic
+from llm2vec_fast.shard_files import write_json_atomic
 from llm2vec_fast.training.data import (
     DataError,
     Packed,
