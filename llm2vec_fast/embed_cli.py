@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from llm2vec_fast.options import (
     add_device_argument,
     add_encoding_arguments,
     add_model_arguments,
+    add_subcommand,
     model_kwargs_from_args,
 )
 
@@ -108,26 +110,13 @@ def run_embed(args: argparse.Namespace) -> int:
 def _job_config(args: argparse.Namespace):
     from llm2vec_fast.batch_job import JobConfig
 
-    return JobConfig(
-        model=args.model,
-        peft=list(args.peft),
-        base_weights=args.base_weights,
-        pooling=args.pooling,
-        max_length=args.max_length,
-        doc_max_length=args.doc_max_length,
-        dtype=args.dtype,
-        causal=args.causal,
-        normalize=args.normalize,
-        precision=args.precision or "float32",
-        truncate_dim=args.truncate_dim,
-        format=args.format or "npy",
-        shard_size=args.shard_size or 10_000,
-        batch_size=args.batch_size,
-        batch_tokens=args.batch_tokens,
-        text_column=args.text_column,
-        id_column=args.id_column,
-        instruction_column=args.instruction_column,
-    )
+    # the options named as the config's fields; unset batch job options keep its defaults
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(JobConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    return JobConfig(**{**given, "peft": list(args.peft)})
 
 
 def _embed_job(args: argparse.Namespace, out: Path) -> int:
@@ -205,11 +194,11 @@ def _embed_to_npy(args: argparse.Namespace, out: Path) -> int:
 
 def add_embed_parser(sub) -> argparse.ArgumentParser:
     """Register the ``embed`` subcommand on ``llm2vec-fast``'s subparsers."""
-    e = sub.add_parser(
+    e = add_subcommand(
+        sub,
         "embed",
-        help="embed a .txt/.jsonl/.csv/.parquet corpus into resumable shards or one .npy file",
-        description=EMBED_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "embed a .txt/.jsonl/.csv/.parquet corpus into resumable shards or one .npy file",
+        EMBED_HELP,
     )
     e.add_argument("input", help="a .txt/.jsonl/.csv/.tsv/.parquet file, a directory or a glob")
     e.add_argument(

@@ -20,7 +20,9 @@ __all__ = [
     "add_device_argument",
     "add_encoding_arguments",
     "add_model_arguments",
+    "add_subcommand",
     "from_pretrained_kwargs",
+    "load_settings",
     "model_kwargs_from_args",
 ]
 
@@ -31,6 +33,20 @@ class CLIError(Exception):
 
 POOLING_MODES = ["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
 DTYPES = ["float32", "bfloat16", "float16"]
+
+
+# the settings of from_pretrained_kwargs besides the model, by their option names
+LOAD_SETTINGS = (
+    "peft",
+    "base_weights",
+    "pooling",
+    "max_length",
+    "doc_max_length",
+    "dtype",
+    "device",
+    "causal",
+    "attn_implementation",
+)
 
 
 def from_pretrained_kwargs(
@@ -64,20 +80,27 @@ def from_pretrained_kwargs(
     )
 
 
+def load_settings(obj, names=LOAD_SETTINGS) -> dict:
+    """The settings of :func:`from_pretrained_kwargs` that ``obj`` (parsed options, a job's
+    config) has under the same names."""
+    return {k: getattr(obj, k) for k in names if hasattr(obj, k)}
+
+
 def model_kwargs_from_args(args: argparse.Namespace) -> dict:
     """:func:`from_pretrained_kwargs` of a parsed command line (the options of
     :func:`add_model_arguments`, ``--device``, ``--dtype``, ``--causal`` and, where the
     subcommand has them, ``--max-length`` and ``--doc-max-length``)."""
-    return from_pretrained_kwargs(
-        args.model,
-        peft=args.peft,
-        base_weights=args.base_weights,
-        pooling=args.pooling,
-        max_length=getattr(args, "max_length", None),
-        doc_max_length=getattr(args, "doc_max_length", None),
-        dtype=args.dtype,
-        device=args.device,
-        causal=args.causal,
+    return from_pretrained_kwargs(args.model, **load_settings(args))
+
+
+def add_subcommand(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser on ``llm2vec-fast``'s subparsers, its description printed as
+    written."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 

@@ -25,18 +25,24 @@ def model_dir(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "llama", "llama", seed=3)
 
 
-def test_invalid_utf8_resume_is_byte_identical(model_dir, tmp_path):
-    lines = [t.encode() for t in corpus(20, seed=13)]
-    lines[3] = b"caf\xe9 in Latin-1"  # shard 0
-    lines[14] = b"\xc3"  # shard 2: a truncated sequence
-    (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
-    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir)
-    proc = spawn(argv, kill_at="manifest_written:1")
+def kill_resume_and_compare(tmp_path: Path, model_dir: Path, kill_at: str, *extra: str) -> None:
+    """Embed ``tmp_path/in.txt`` into ``killed`` with a SIGKILL at ``kill_at``, rerun the same
+    command to resume, embed it uninterrupted into ``whole``: the files must be identical."""
+    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir, *extra)
+    proc = spawn(argv, kill_at=kill_at)
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert cli_main(argv) == 0
     assert cli_main([*argv[:2], "-o", str(tmp_path / "whole"), *argv[4:]]) == 0
     assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "whole")
+
+
+def test_invalid_utf8_resume_is_byte_identical(model_dir, tmp_path):
+    lines = [t.encode() for t in corpus(20, seed=13)]
+    lines[3] = b"caf\xe9 in Latin-1"  # shard 0
+    lines[14] = b"\xc3"  # shard 2: a truncated sequence
+    (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
+    kill_resume_and_compare(tmp_path, model_dir, "manifest_written:1")
     errors = (tmp_path / "whole/errors.jsonl").read_text().splitlines()
     assert [json.loads(e)["row"] for e in errors] == [3, 14]
 
@@ -131,11 +137,5 @@ def test_empty_pooled_span_is_a_warning_and_resume_is_byte_identical(model_dir, 
     np.testing.assert_allclose(emb, want, atol=1e-5, rtol=0)
     assert np.linalg.norm(emb[1]) > 0 and np.abs(emb[1] - emb[0]).max() > 1e-3
 
-    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir, "--doc-max-length", "1")
-    proc = spawn(argv, kill_at="manifest_written:0")
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
-    assert cli_main(argv) == 0
-    assert cli_main([*argv[:2], "-o", str(tmp_path / "whole"), *argv[4:]]) == 0
-    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "whole")
+    kill_resume_and_compare(tmp_path, model_dir, "manifest_written:0", "--doc-max-length", "1")
     assert b"pooled span" in shard_bytes(tmp_path / "whole")["warnings.jsonl"]

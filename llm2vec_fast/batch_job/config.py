@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llm2vec_fast.io_formats import file_sha256
 from llm2vec_fast.optional import require
-from llm2vec_fast.options import from_pretrained_kwargs
+from llm2vec_fast.options import from_pretrained_kwargs, load_settings
 from llm2vec_fast.shard_files import OUTPUT_FORMATS, PRECISIONS, write_json_atomic
 
 
@@ -77,18 +77,7 @@ class JobConfig:
 
     def load_kwargs(self, device: str | None) -> dict:
         """``LLM2Vec.from_pretrained``'s arguments for this job's model on ``device``."""
-        return from_pretrained_kwargs(
-            self.model,
-            peft=self.peft,
-            base_weights=self.base_weights,
-            pooling=self.pooling,
-            max_length=self.max_length,
-            doc_max_length=self.doc_max_length,
-            dtype=self.dtype,
-            device=device,
-            causal=self.causal,
-            attn_implementation=self.attn_implementation,
-        )
+        return from_pretrained_kwargs(self.model, **load_settings(self), device=device)
 
 
 def cached_sha256(path: Path) -> str:

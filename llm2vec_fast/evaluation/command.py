@@ -19,6 +19,7 @@ from llm2vec_fast.options import (
     add_device_argument,
     add_encoding_arguments,
     add_model_arguments,
+    add_subcommand,
     model_kwargs_from_args,
 )
 
@@ -41,11 +42,11 @@ table to OUTPUT_DIR/summary.md and summary.json.
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on ``llm2vec-fast``'s subparsers."""
-    e = sub.add_parser(
+    e = add_subcommand(
+        sub,
         "eval",
-        help="evaluate an encoder: MTEB tasks, or the built-in offline suite",
-        description=EVAL_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "evaluate an encoder: MTEB tasks, or the built-in offline suite",
+        EVAL_HELP,
     )
     what = e.add_mutually_exclusive_group(required=True)
     what.add_argument("--offline", action="store_true", help="the built-in offline suite")
