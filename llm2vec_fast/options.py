@@ -16,6 +16,8 @@ import argparse
 __all__ = [
     "CLIError",
     "DTYPES",
+    "FROM_PRETRAINED_NAMES",
+    "LOAD_SETTINGS",
     "POOLING_MODES",
     "add_device_argument",
     "add_encoding_arguments",
@@ -35,49 +37,39 @@ POOLING_MODES = ["mean", "weighted_mean", "eos_token", "last_token", "bos_token"
 DTYPES = ["float32", "bfloat16", "float16"]
 
 
-# the settings of from_pretrained_kwargs besides the model, by their option names
-LOAD_SETTINGS = (
-    "peft",
-    "base_weights",
-    "pooling",
-    "max_length",
-    "doc_max_length",
-    "dtype",
-    "device",
-    "causal",
-    "attn_implementation",
-)
+# option name -> LLM2Vec.from_pretrained's argument, for the settings passed through as given
+FROM_PRETRAINED_NAMES = {
+    "base_weights": "base_weights_path",
+    "pooling": "pooling_mode",
+    "max_length": "max_length",
+    "doc_max_length": "doc_max_length",
+    "dtype": "torch_dtype",
+    "device": "device",
+    "attn_implementation": "attn_implementation",
+}
+# every setting of from_pretrained_kwargs besides the model, by option name
+LOAD_SETTINGS = ("peft", "causal", *FROM_PRETRAINED_NAMES)
 
 
-def from_pretrained_kwargs(
-    model,
-    *,
-    peft=(),
-    base_weights=None,
-    pooling=None,
-    max_length=None,
-    doc_max_length=None,
-    dtype=None,
-    device=None,
-    causal: bool = False,
-    attn_implementation: str = "auto",
-) -> dict:
+def from_pretrained_kwargs(model, *, peft=(), causal: bool = False, **settings) -> dict:
     """The keyword arguments of ``LLM2Vec.from_pretrained`` for a model named by its options:
-    adapters merged in order, bidirectional unless ``causal``; ``None`` settings take the
-    checkpoint's ``llm2vec_config.json`` (or the library's default)."""
-    return dict(
-        base_model_name_or_path=model,
-        peft_model_name_or_path=list(peft) or None,
-        merge_peft=True,
-        base_weights_path=base_weights,
-        pooling_mode=pooling,
-        max_length=max_length,
-        doc_max_length=doc_max_length,
-        torch_dtype=dtype,
-        device=device,
-        enable_bidirectional=not causal,
-        attn_implementation=attn_implementation,
-    )
+    ``peft`` adapters merged in order, bidirectional unless ``causal``, and the settings of
+    :data:`FROM_PRETRAINED_NAMES` (``base_weights``, ``pooling``, ``max_length``,
+    ``doc_max_length``, ``dtype``, ``device``, ``attn_implementation``, default ``"auto"``).
+    ``None`` settings take the checkpoint's ``llm2vec_config.json`` (or the library's
+    default)."""
+    unknown = sorted(set(settings) - set(FROM_PRETRAINED_NAMES))
+    if unknown:
+        raise TypeError(f"from_pretrained_kwargs: unknown settings {unknown}")
+    kwargs = {
+        "base_model_name_or_path": model,
+        "peft_model_name_or_path": list(peft) or None,
+        "merge_peft": True,
+        "enable_bidirectional": not causal,
+        "attn_implementation": "auto",
+    }
+    kwargs.update({FROM_PRETRAINED_NAMES[k]: v for k, v in settings.items()})
+    return kwargs
 
 
 def load_settings(obj, names=LOAD_SETTINGS) -> dict:

@@ -322,12 +322,20 @@ def test_second_job_on_the_same_output_refuses(model_dir, tmp_path):
         os.close(fd)
 
 
-def test_cli_summary_counts_warnings(model_dir, tmp_path, capsys):
-    (tmp_path / "in.txt").write_text("one\n\U000e0001\U000e0001\n\nfour\n", encoding="utf-8")
+def embed_on_cli(tmp_path: Path, model_dir: Path, capsys, content: str, *extra: str):
+    """``llm2vec-fast embed`` of ``content`` (written to in.txt) into ``tmp_path/out``, which
+    must succeed; returns the output directory, the command line and what it printed."""
+    (tmp_path / "in.txt").write_text(content, encoding="utf-8")
     out = tmp_path / "out"
-    argv = cli_argv(tmp_path / "in.txt", out, model_dir, "--doc-max-length", "1")
+    argv = cli_argv(tmp_path / "in.txt", out, model_dir, *extra)
     assert cli_main(argv) == 0
-    text = capsys.readouterr().out
+    return out, argv, capsys.readouterr().out
+
+
+def test_cli_summary_counts_warnings(model_dir, tmp_path, capsys):
+    out, argv, text = embed_on_cli(
+        tmp_path, model_dir, capsys, "one\n\U000e0001\U000e0001\n\nfour\n", "--doc-max-length", "1"
+    )
     assert "3 texts embedded, 1 errors" in text and "1 warnings" in text, text
     assert str(out / "warnings.jsonl") in text
     assert cli_main(argv) == 0
@@ -352,11 +360,9 @@ def test_several_worker_processes_write_the_same_output(model_dir, tmp_path):
 
 
 def test_cli_job_summary_rerun_and_flags(model_dir, tmp_path, capsys):
-    (tmp_path / "in.txt").write_text("one\n\nthree\nfour\n", encoding="utf-8")
-    out = tmp_path / "out"
-    argv = cli_argv(tmp_path / "in.txt", out, model_dir, "--format", "safetensors")
-    assert cli_main(argv) == 0
-    text = capsys.readouterr().out
+    _, argv, text = embed_on_cli(
+        tmp_path, model_dir, capsys, "one\n\nthree\nfour\n", "--format", "safetensors"
+    )
     assert "1/1 shards" in text and "3 texts embedded, 1 errors" in text
     assert cli_main(argv) == 0
     assert "already complete" in capsys.readouterr().out

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from llm2vec_fast.options import from_pretrained_kwargs
+from llm2vec_fast.options import from_pretrained_kwargs, load_settings
 from llm2vec_fast.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
@@ -180,14 +180,10 @@ def build_model(config: TrainConfig):
     enc = LLM2Vec.from_pretrained(
         **from_pretrained_kwargs(
             str(model_dir),
-            peft=config.peft,
-            base_weights=config.base_weights,
+            **load_settings(config),  # peft, base_weights, dtype, device, attn_implementation
             pooling=config.pooling_mode,
             max_length=config.max_seq_length,
-            dtype=config.dtype,
-            device=config.device,
             causal=not config.bidirectional,
-            attn_implementation=config.attn_implementation,
         )
     )
     base = enc.model
