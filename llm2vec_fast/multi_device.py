@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
@@ -58,6 +57,7 @@ from llm2vec_fast.pipeline import (
     pack_chunks,
 )
 from llm2vec_fast.runner import EncoderRunner
+from llm2vec_fast.workers import WorkerPool
 
 if TYPE_CHECKING:
     from llm2vec_fast.packing import PackedBatch
@@ -74,8 +74,6 @@ __all__ = [
     "run_on_devices",
 ]
 
-# How long the parent waits on the result queue before checking that every worker is alive.
-_POLL_S = 1.0
 # Batches handed out and not yet answered, per worker: one running, one on its way back, the
 # rest queued on the worker's copy stage.
 _IN_FLIGHT_PER_WORKER = 6
@@ -194,33 +192,6 @@ def _job_batches(first, in_q, stash: list, stop: threading.Event) -> Iterator[Pa
             return
 
 
-def _start_without_main(process) -> None:
-    """Start a ``spawn`` process that does not re-run the parent's ``__main__`` script.
-
-    ``spawn`` normally re-imports the main script in every child, so a script without an
-    ``if __name__ == "__main__":`` guard runs again there, encodes again and tries to start
-    processes while bootstrapping, and the child dies (the official llm2vec's issue #121). Our
-    worker needs nothing from ``__main__`` (its target and arguments are llm2vec-fast's own), so
-    the main module's ``__file__`` and ``__spec__`` are hidden while the child's start-up data
-    is taken, as for an interactive session."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        process.start()
-        return
-    missing = object()
-    saved = {k: main.__dict__.get(k, missing) for k in ("__file__", "__spec__")}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        process.start()
-    finally:
-        for k, v in saved.items():
-            if v is missing:
-                main.__dict__.pop(k, None)
-            else:
-                main.__dict__[k] = v
-
-
 class DevicePool:
     """Worker processes, one per device, each holding its own copy of the model.
 
@@ -231,65 +202,28 @@ class DevicePool:
 
     def __init__(self, load_args: LoadSpec, devices: Sequence[str]):
         self.devices = list(devices)
-        self._ctx = torch.multiprocessing.get_context("spawn")
-        self._in_q = self._ctx.Queue()
-        self._out_q = self._ctx.Queue()
         self._job = 0
         n_cpu = sum(d == "cpu" for d in self.devices)
         threads = max(1, (os.cpu_count() or 1) // n_cpu) if n_cpu else 0
-        self._procs = []
-        for rank, device in enumerate(self.devices):
-            p = self._ctx.Process(
-                target=_worker,
-                args=(rank, device, load_args, threads if device == "cpu" else 0),
-                kwargs={"in_q": self._in_q, "out_q": self._out_q},
-                daemon=True,
-                name=f"llm2vec-fast-{device}-{rank}",
-            )
-            _start_without_main(p)
-            self._procs.append(p)
-        self.pids: list[int] = [0] * len(self.devices)
+        self._pool = WorkerPool(
+            _worker,
+            [(d, load_args, threads if d == "cpu" else 0) for d in self.devices],
+            self.devices,
+            failed=lambda device, tb: RuntimeError(f"encode worker on {device} failed:\n{tb}"),
+            died=lambda dead: RuntimeError(
+                "encode worker process(es) died without a reply: "
+                + ", ".join(f"{d} (exit code {c})" for d, c in dead)
+            ),
+        )
         try:
-            self._wait_ready()
+            self.pids: list[int] = self._pool.wait_ready(_START_TIMEOUT_S)
         except BaseException:
             self.close()
             raise
 
     @property
     def alive(self) -> bool:
-        return bool(self._procs) and all(p.is_alive() for p in self._procs)
-
-    def _get(self, timeout: float):
-        """The next message from a worker; raises when a worker died or reported an error."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msg = self._out_q.get(timeout=_POLL_S)
-            except queue.Empty:
-                dead = [
-                    (self.devices[i], p.exitcode)
-                    for i, p in enumerate(self._procs)
-                    if not p.is_alive()
-                ]
-                if dead:
-                    raise RuntimeError(
-                        "encode worker process(es) died without a reply: "
-                        + ", ".join(f"{d} (exit code {c})" for d, c in dead)
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"no reply from the encode workers in {timeout:.0f} s"
-                    ) from None
-                continue
-            if msg[0] == "error":
-                _, rank, _, tb = msg
-                raise RuntimeError(f"encode worker on {self.devices[rank]} failed:\n{tb}")
-            return msg
-
-    def _wait_ready(self) -> None:
-        for _ in self._procs:
-            _, rank, _, pid = self._get(_START_TIMEOUT_S)
-            self.pids[rank] = pid
+        return self._pool.alive
 
     def run(
         self,
@@ -327,12 +261,12 @@ class DevicePool:
                     except StopIteration:
                         exhausted = True
                         break
-                    self._in_q.put((job, sent, batch, settings))
+                    self._pool.put((job, sent, batch, settings))
                     out[sent] = (key, batch)
                     sent += 1
                 if not out:
                     break
-                _, _, msg_job, (batch_no, payload) = self._get(float("inf"))
+                _, _, msg_job, (batch_no, payload) = self._pool.get()
                 if msg_job != job:  # cannot happen: a failed job closes the pool
                     raise RuntimeError("encode workers answered for another call")
                 key, batch = out.pop(batch_no)
@@ -352,23 +286,7 @@ class DevicePool:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers (politely, then by force) and free their devices."""
-        procs, self._procs = self._procs, []
-        for p in procs:
-            if p.is_alive():
-                try:
-                    self._in_q.put(None)
-                except (OSError, ValueError):
-                    break
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(5.0)
-        for q in (self._in_q, self._out_q):
-            q.cancel_join_thread()
-            q.close()
+        self._pool.close(timeout)
 
 
 def close_pools(pools: dict) -> None:

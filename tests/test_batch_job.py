@@ -6,32 +6,30 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from l2vf_support.batch_job_harness import (
+    cli_argv,
+    corpus,
+    job,
+    oom_above,
+    reference,
+    run,
+    shard_bytes,
+)
 
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.batch_job import JobConfig, JobError, read_embeddings, run_job
+from llm2vec_fast.batch_job import JobConfig, JobError, read_embeddings
 from llm2vec_fast.cli import main as cli_main
-from llm2vec_fast.io_formats import dequantize, quantize
+from llm2vec_fast.shard_files import dequantize, quantize
 from llm2vec_fast.testing import make_tiny_checkpoint
 
 pa = pytest.importorskip("pyarrow", reason="Parquet tests need pyarrow (the [parquet] extra)")
 import pyarrow.parquet as pq  # noqa: E402
-
-WORDS = "the of river bank money loan walk fast slow green idea sleeps furiously".split()
-
-
-def corpus(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(1, 40))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +40,6 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoder(model_dir) -> LLM2Vec:
     return LLM2Vec.from_pretrained(str(model_dir))
-
-
-def reference(encoder: LLM2Vec, items: list) -> np.ndarray:
-    return encoder.encode(items, convert_to_numpy=True, show_progress_bar=False)
-
-
-def job(model_dir, **kw) -> JobConfig:
-    kw.setdefault("shard_size", 7)
-    return JobConfig(model=str(model_dir), **kw)
-
-
-def run(inputs, out, config, **kw):
-    kw.setdefault("threads", 1)
-    return run_job(inputs, out, config, show_progress_bar=False, **kw)
-
-
-def shard_bytes(outdir: Path) -> dict[str, bytes]:
-    """Every output file but the manifest (it holds timings) and the lock."""
-    return {
-        p.name: p.read_bytes()
-        for p in sorted(outdir.iterdir())
-        if p.name not in ("manifest.json", ".lock")
-    }
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -255,22 +230,6 @@ def test_invalid_utf8_goes_to_errors_and_the_job_goes_on(kind, model_dir, encode
     )
 
 
-def test_invalid_utf8_resume_is_byte_identical(model_dir, tmp_path):
-    lines = [t.encode() for t in corpus(20, seed=13)]
-    lines[3] = b"caf\xe9 in Latin-1"  # shard 0
-    lines[14] = b"\xc3"  # shard 2: a truncated sequence
-    (tmp_path / "in.txt").write_bytes(b"\n".join(lines) + b"\n")
-    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir)
-    proc = spawn(argv, LLM2VEC_FAST_TEST_KILL_AT="manifest_written:1")
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
-    assert cli_main(argv) == 0
-    assert cli_main([*argv[:2], "-o", str(tmp_path / "whole"), *argv[4:]]) == 0
-    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "whole")
-    errors = (tmp_path / "whole/errors.jsonl").read_text().splitlines()
-    assert [json.loads(e)["row"] for e in errors] == [3, 14]
-
-
 def test_parquet_output_without_pyarrow_fails_before_any_work(
     model_dir, tmp_path, monkeypatch, capsys
 ):
@@ -306,12 +265,14 @@ def test_parquet_input_without_pyarrow_names_the_extra(model_dir, tmp_path, monk
 
 
 def test_out_of_memory_splits_the_batch(model_dir, tmp_path, monkeypatch):
+    import llm2vec_fast.batch_job as batch_job
+
     texts = corpus(30, seed=5)
     texts[4] = " ".join(["river"] * 120)  # over the simulated limit even alone
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     plain = run(tmp_path / "in.txt", tmp_path / "plain", job(model_dir, shard_size=30))
     assert plain["oom_splits"] == 0
-    monkeypatch.setenv("LLM2VEC_FAST_TEST_OOM_ABOVE_TOKENS", "100")
+    monkeypatch.setattr(batch_job.ShardEmbedder, "run_batch", oom_above(100))
     s = run(tmp_path / "in.txt", tmp_path / "split", job(model_dir, shard_size=30))
     assert s["oom_splits"] > 0 and s["errors"] == 1 and s["embedded"] == 29
     manifest = json.loads((tmp_path / "split/manifest.json").read_text())
@@ -361,136 +322,20 @@ def test_second_job_on_the_same_output_refuses(model_dir, tmp_path):
         os.close(fd)
 
 
-# ---------------------------------------------------------------------------------- resume
-
-
-def cli_argv(inp: Path, out: Path, model_dir: Path, *extra: str) -> list[str]:
-    return [
-        "embed", str(inp), "-o", str(out), "--model", str(model_dir), "--threads", "1",
-        "--shard-size", "6", "-q", *extra,
-    ]  # fmt: skip
-
-
-def spawn(argv: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "llm2vec_fast.cli", *argv],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def resume_case(model_dir, tmp_path_factory):
-    """An input of 10 shards and its uninterrupted output (int8 parquet: three files kinds)."""
-    tmp = tmp_path_factory.mktemp("resume")
-    texts = corpus(57, seed=21)
-    texts[8] = ""  # an error row in shard 1
-    (tmp / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    extra = ("--format", "npy", "--precision", "int8")
-    assert cli_main(cli_argv(tmp / "in.txt", tmp / "ref", model_dir, *extra)) == 0
-    return tmp, extra, shard_bytes(tmp / "ref")
-
-
-@pytest.mark.parametrize("point", ["embedded:3", "files_written:3", "manifest_written:3"])
-def test_resume_after_kill_at_each_step_is_byte_identical(point, resume_case, model_dir):
-    tmp, extra, ref = resume_case
-    out = tmp / f"killed-{point.split(':')[0]}"
-    proc = spawn(cli_argv(tmp / "in.txt", out, model_dir, *extra), LLM2VEC_FAST_TEST_KILL_AT=point)
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
-    manifest = json.loads((out / "manifest.json").read_text())
-    done = [s["index"] for s in manifest["shards"]]
-    assert done == ([0, 1, 2, 3] if point.startswith("manifest") else [0, 1, 2])
-    assert cli_main(cli_argv(tmp / "in.txt", out, model_dir, *extra)) == 0
-    assert shard_bytes(out) == ref
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_resume_after_kill_at_a_random_moment_is_byte_identical(seed, resume_case, model_dir):
-    tmp, extra, ref = resume_case
-    out = tmp / f"random-kill-{seed}"
-    # each shard takes at least 0.05 s, so the 10 shards last >= 0.5 s after the manifest
-    # appears; the kill lands at a random moment inside that window
-    proc = spawn(
-        cli_argv(tmp / "in.txt", out, model_dir, *extra), LLM2VEC_FAST_TEST_SLOW_SHARD="0.05"
-    )
-    deadline = time.monotonic() + 120
-    while not (out / "manifest.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.005)
-    time.sleep(random.Random(seed).uniform(0.0, 0.45))
-    proc.kill()
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert not json.loads((out / "manifest.json").read_text())["complete"]
-    assert cli_main(cli_argv(tmp / "in.txt", out, model_dir, *extra)) == 0
-    assert shard_bytes(out) == ref
-    assert not list(out.glob(".*.tmp-*"))
-
-
-def test_ctrl_c_finishes_the_shard_and_exits_cleanly(resume_case, model_dir):
-    tmp, extra, ref = resume_case
-    out = tmp / "sigint"
-    proc = spawn(
-        cli_argv(tmp / "in.txt", out, model_dir, *extra), LLM2VEC_FAST_TEST_SLOW_SHARD="0.5"
-    )
-    deadline = time.monotonic() + 120
-    while not (out / "manifest.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(0.2)  # inside the first shards' slow step
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "rerun the same command" in err and "Traceback" not in err
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert not manifest["complete"] and 1 <= len(manifest["shards"]) < manifest["n_shards"]
-    assert cli_main(cli_argv(tmp / "in.txt", out, model_dir, *extra)) == 0
-    assert shard_bytes(out) == ref
-
-
-def test_empty_pooled_span_is_a_warning_and_resume_is_byte_identical(model_dir, tmp_path):
-    """A row embedded although no token of its text is pooled (here: doc_max_length=1 and a
-    first code point of several tokens) goes to the manifest's warnings and warnings.jsonl,
-    counted in the summary, not to the errors; a long text without spaces is cut by tokens
-    and embedded normally. A run killed after its first shard resumes to the same bytes."""
-    tag = "\U000e0001" * 5
-    texts = ["fine text", "a" * 3000, tag, "another fine text", f"{tag} {tag}", "ok"]
-    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    s = run(tmp_path / "in.txt", tmp_path / "out", job(model_dir, doc_max_length=1, shard_size=4))
-    assert s["complete"] and s["embedded"] == 6 and s["errors"] == 0 and s["warnings"] == 2
-    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
-    assert [x["n_warnings"] for x in manifest["shards"]] == [1, 1]
-    warned = [json.loads(x) for x in (tmp_path / "out/warnings.jsonl").read_text().splitlines()]
-    assert [w["row"] for w in warned] == [2, 4] and [w["id"] for w in warned] == [2, 4]
-    assert all("pooled span" in w["reason"] for w in warned)
-    assert (tmp_path / "out/errors.jsonl").read_text() == ""
-    model = LLM2Vec.from_pretrained(str(model_dir), doc_max_length=1)
-    with pytest.warns(UserWarning, match="pooled span"):
-        want = reference(model, texts)
-    ids, emb = read_embeddings(tmp_path / "out")
-    assert ids == list(range(6))
-    np.testing.assert_allclose(emb, want, atol=1e-5, rtol=0)
-    assert np.linalg.norm(emb[1]) > 0 and np.abs(emb[1] - emb[0]).max() > 1e-3
-
-    argv = cli_argv(tmp_path / "in.txt", tmp_path / "killed", model_dir, "--doc-max-length", "1")
-    proc = spawn(argv, LLM2VEC_FAST_TEST_KILL_AT="manifest_written:0")
-    proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL
+def embed_on_cli(tmp_path: Path, model_dir: Path, capsys, content: str, *extra: str):
+    """``llm2vec-fast embed`` of ``content`` (written to in.txt) into ``tmp_path/out``, which
+    must succeed; returns the output directory, the command line and what it printed."""
+    (tmp_path / "in.txt").write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    argv = cli_argv(tmp_path / "in.txt", out, model_dir, *extra)
     assert cli_main(argv) == 0
-    assert cli_main([*argv[:2], "-o", str(tmp_path / "whole"), *argv[4:]]) == 0
-    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "whole")
-    assert b"pooled span" in shard_bytes(tmp_path / "whole")["warnings.jsonl"]
+    return out, argv, capsys.readouterr().out
 
 
 def test_cli_summary_counts_warnings(model_dir, tmp_path, capsys):
-    (tmp_path / "in.txt").write_text("one\n\U000e0001\U000e0001\n\nfour\n", encoding="utf-8")
-    out = tmp_path / "out"
-    argv = cli_argv(tmp_path / "in.txt", out, model_dir, "--doc-max-length", "1")
-    assert cli_main(argv) == 0
-    text = capsys.readouterr().out
+    out, argv, text = embed_on_cli(
+        tmp_path, model_dir, capsys, "one\n\U000e0001\U000e0001\n\nfour\n", "--doc-max-length", "1"
+    )
     assert "3 texts embedded, 1 errors" in text and "1 warnings" in text, text
     assert str(out / "warnings.jsonl") in text
     assert cli_main(argv) == 0
@@ -515,11 +360,9 @@ def test_several_worker_processes_write_the_same_output(model_dir, tmp_path):
 
 
 def test_cli_job_summary_rerun_and_flags(model_dir, tmp_path, capsys):
-    (tmp_path / "in.txt").write_text("one\n\nthree\nfour\n", encoding="utf-8")
-    out = tmp_path / "out"
-    argv = cli_argv(tmp_path / "in.txt", out, model_dir, "--format", "safetensors")
-    assert cli_main(argv) == 0
-    text = capsys.readouterr().out
+    _, argv, text = embed_on_cli(
+        tmp_path, model_dir, capsys, "one\n\nthree\nfour\n", "--format", "safetensors"
+    )
     assert "1/1 shards" in text and "3 texts embedded, 1 errors" in text
     assert cli_main(argv) == 0
     assert "already complete" in capsys.readouterr().out

@@ -182,3 +182,38 @@ def test_script_without_main_guard(ckpt, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     (line,) = [x for x in run.stdout.splitlines() if x.startswith("MAXDIFF")]
     assert float(line.split()[1]) <= 1e-6
+
+
+def test_worker_pool_reports_workers_that_die_without_a_word():
+    """The pool primitive both multi-device encode and the batch job run on: workers that exit
+    without a reply (here ``os._exit`` refuses the pool's arguments and the process exits 1)
+    are named with their exit codes instead of being waited for; close() leaves none."""
+    from llm2vec_fast.workers import WorkerPool
+
+    pool = WorkerPool(
+        os._exit,
+        [(), ()],
+        ["first", "second"],
+        failed=lambda name, detail: AssertionError(f"no error message expected: {detail}"),
+        died=lambda dead: RuntimeError(f"died: {sorted(dead)}"),
+    )
+    try:
+        with pytest.raises(RuntimeError, match=r"died: \[\('first', 1\)|died: \[\('second', 1\)"):
+            pool.get(timeout=60)
+    finally:
+        pool.close()
+    assert not pool.alive
+
+
+def test_parse_devices():
+    from llm2vec_fast.workers import parse_devices
+
+    assert parse_devices(None) == [None]
+    assert parse_devices("cpu, cpu") == ["cpu", "cpu"]
+    assert parse_devices(["cuda:1", "cpu"]) == ["cuda:1", "cpu"]
+    n = torch.cuda.device_count()
+    assert parse_devices("all") == ([f"cuda:{i}" for i in range(n)] if n else ["cpu"])
+    with pytest.raises(ValueError, match="no devices given"):
+        parse_devices(" , ")
+    with pytest.raises(ValueError, match="bad device 'tpu:9'"):
+        parse_devices("cpu,tpu:9")

@@ -30,7 +30,8 @@ from llm2vec_fast.training import (
     pack,
     train,
 )
-from llm2vec_fast.training.trainer import Supervised, _gradcache_loss, build_model
+from llm2vec_fast.training.objectives import Supervised, gradcache_loss
+from llm2vec_fast.training.trainer import build_model
 
 WORDS = "the of river bank money loan walk fast slow green idea sleeps furiously".split()
 
@@ -231,7 +232,7 @@ def test_simcse_without_dropout_gives_the_degenerate_loss(tiny, tmp_path):
     cfg = config(tiny, "simcse", tmp_path / "s", attention_dropout=0.0, lora_dropout=0.0)
     enc, _ = build_model(cfg)
     texts = ["the river bank", "money loan fast", "green idea sleeps", "walk slow of the"]
-    from llm2vec_fast.training.trainer import SimCSE
+    from llm2vec_fast.training.objectives import SimCSE
 
     obj = SimCSE(enc, cfg)
     enc.model.train()
@@ -258,7 +259,7 @@ def test_gradcache_gives_the_full_batch_gradient(tiny, tmp_path):
     params = [p for p in enc.model.parameters() if p.requires_grad]
     full = obj.loss(obj.prepare(triples))
     full_grads = torch.autograd.grad(full, params)
-    loss = _gradcache_loss(obj, obj.pairs(triples), 4, lambda t: t.backward())
+    loss = gradcache_loss(obj, obj.pairs(triples), 4, lambda t: t.backward())
     assert abs(float(loss) - float(full.detach())) < 1e-5
     for p, g in zip(params, full_grads):
         assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
@@ -385,7 +386,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny, tmp_path):
         for p in enc.model.parameters():
             if p.requires_grad:
                 p.data.normal_(0, 0.05)
-        from llm2vec_fast.training.trainer import MNTP
+        from llm2vec_fast.training.objectives import MNTP
 
         obj = MNTP(enc, cfg, head, torch.Generator().manual_seed(1))
         enc.model.train()

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from llm2vec_fast.options import add_subcommand
+
 TRAIN_HELP = """\
 Train an LLM2Vec encoder with LoRA: MNTP (masked next token prediction), SimCSE (unsupervised
 contrastive, the same text under two dropout masks), or supervised contrastive training on
@@ -56,11 +58,11 @@ _OPTIONS = [
 
 
 def add_train_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_subcommand(
+        sub,
         "train",
-        help="train an encoder: MNTP, SimCSE or supervised contrastive (LoRA)",
-        description=TRAIN_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train an encoder: MNTP, SimCSE or supervised contrastive (LoRA)",
+        TRAIN_HELP,
     )
     p.add_argument("objective", choices=["mntp", "simcse", "supervised"])
     p.add_argument("--data", required=True, help=".txt/.jsonl texts, or .jsonl triples")

@@ -15,6 +15,9 @@ continues from the newest one, replaying the data order and the random streams, 
 curve continues as if never stopped. Checkpoint tensors are saved with ``torch.save`` and read
 with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
 
+The objectives (their batches and losses) are :mod:`.objectives`, the checkpoints
+:mod:`.checkpointing`; this module holds the settings, the model and the loop.
+
 The recipes follow the official llm2vec ``experiments/run_mntp.py``, ``run_simcse.py`` and
 ``run_supervised.py`` with their ``train_configs``: see :class:`TrainConfig` for the defaults.
 """
@@ -31,21 +34,15 @@ from pathlib import Path
 
 import torch
 
-from llm2vec_fast.io_formats import write_json_atomic
-from llm2vec_fast.training.data import (
-    DataError,
-    Packed,
-    batches,
-    chunk_ids,
-    data_fingerprint,
-    iter_texts,
-    iter_triples,
-    mntp_mask,
-    pack,
-    resolve_mask_token,
-    special_token_ids,
+from llm2vec_fast.loading import LoadSpec
+from llm2vec_fast.training.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    resume_state,
+    save_checkpoint,
 )
-from llm2vec_fast.training.losses import contrastive_loss, mntp_loss
+from llm2vec_fast.training.data import DataError, Packed, batches
+from llm2vec_fast.training.objectives import OBJECTIVE_CLASSES, count_tokens, gradcache_loss
 
 OBJECTIVES = ("mntp", "simcse", "supervised")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -178,11 +175,10 @@ def build_model(config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     from llm2vec_fast.encoder import LLM2Vec
-    from llm2vec_fast.loading import LoadSpec
 
     model_dir = _resolve_model_dir(config)
     spec = LoadSpec.from_options(
-        config,
+        config,  # peft, base_weights, dtype, attn_implementation
         base_model_name_or_path=str(model_dir),
         pooling_mode=config.pooling_mode,
         max_length=config.max_seq_length,
@@ -207,160 +203,7 @@ def build_model(config: TrainConfig):
     return enc, head
 
 
-# ---------------------------------------------------------------------------------- objectives
-
-
-class Objective:
-    """Turns a list of data items into packed batches and a loss."""
-
-    def __init__(self, enc, config: TrainConfig, head=None, generator=None):
-        self.enc, self.config, self.head, self.generator = enc, config, head, generator
-
-    def items(self):
-        return iter_texts(self.config.data, self.config.text_column)
-
-    def forward(self, packed: Packed) -> torch.Tensor:
-        return self.enc.model(
-            packed.input_ids, packed.cu_seqlens, packed.position_ids, packed.max_seqlen
-        )
-
-    def pooled(self, packed: Packed) -> torch.Tensor:
-        hidden = self.forward(packed)
-        return self.enc.runner.pool(hidden, packed)
-
-    def encode_texts(self, pairs: list[tuple[str, str]]) -> Packed:
-        """Pairs ``(instruction, text)`` -> a packed batch with the official joining, prompt
-        wrapping and pooled spans (as ``LLM2Vec.encode``), truncated to max_seq_length."""
-        ids, pool_lengths = self.enc.text.token_ids(self.enc.text.joined(pairs))
-        return pack(ids, pool_lengths)
-
-
-class MNTP(Objective):
-    def __init__(self, enc, config, head, generator):
-        super().__init__(enc, config, head, generator)
-        tok = enc.tokenizer
-        self.mask_id = resolve_mask_token(tok, config.mask_token)
-        self.special = special_token_ids(tok)
-        self.vocab = len(tok)
-
-    def items(self):
-        """Token-id sequences of at most max_seq_length: each text tokenized (with its special
-        tokens) and cut into pieces, so a batch is ``batch_size`` sequences as in the official
-        recipe (which concatenates the corpus and cuts it into max_seq_length blocks; here no
-        block spans two texts)."""
-        tok = self.enc.tokenizer
-        for text in super().items():
-            yield from chunk_ids(tok(text)["input_ids"], self.config.max_seq_length)
-
-    def prepare(self, pieces: list[list[int]]) -> Packed:
-        packed = pack(pieces)
-        packed.input_ids, packed.labels = mntp_mask(
-            packed.input_ids,
-            self.special,
-            probability=self.config.mlm_probability,
-            mask_token_id=self.mask_id,
-            vocab_size=self.vocab,
-            all_mask=self.config.all_mask,
-            generator=self.generator,
-        )
-        return packed
-
-    def loss(self, packed: Packed) -> torch.Tensor:
-        hidden = self.forward(packed)
-        loss, _ = mntp_loss(hidden, self.head, packed.labels, packed.cu_seqlens)
-        return loss
-
-
-class Contrastive(Objective):
-    """An objective over pooled embeddings: ``pairs(items)`` lists the (instruction, text)
-    inputs of a batch, ``loss_from_reps`` scores their embeddings (so GradCache can run the
-    same loss over embeddings computed chunk by chunk)."""
-
-    def pairs(self, items) -> list[tuple[str, str]]:
-        raise NotImplementedError
-
-    def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def prepare(self, items) -> Packed:
-        return self.encode_texts(self.pairs(items))
-
-    def loss(self, packed: Packed) -> torch.Tensor:
-        return self.loss_from_reps(self.pooled(packed))
-
-
-class SimCSE(Contrastive):
-    def pairs(self, texts: list[str]) -> list[tuple[str, str]]:
-        # the batch twice in one packed forward: independent dropout masks for the two views
-        return [("", t) for t in texts] * 2
-
-    def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
-        n = reps.shape[0] // 2
-        return contrastive_loss(reps[:n], reps[n:], scale=self.config.loss_scale)
-
-
-class Supervised(Contrastive):
-    """Queries (with their instruction), then positives, then hard negatives. A batch uses as
-    many hard negatives per query as its triple with the fewest has."""
-
-    def items(self):
-        return iter_triples(self.config.data)
-
-    def pairs(self, triples) -> list[tuple[str, str]]:
-        # official E5 data: the query is "instruction; " + separator + query
-        queries = [(f"{t.instruction.strip()};" if t.instruction else "", t.query) for t in triples]
-        k = min(len(t.negatives) for t in triples)
-        self._n, self._k = len(triples), k
-        pairs = queries + [("", t.positive) for t in triples]
-        return pairs + [("", t.negatives[j]) for j in range(k) for t in triples]
-
-    def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
-        n, k = self._n, self._k
-        q, d = reps[:n], reps[n : 2 * n]
-        neg = reps[2 * n : (2 + k) * n] if k else None
-        return contrastive_loss(q, d, neg, scale=self.config.loss_scale)
-
-
-_OBJECTIVES = {"mntp": MNTP, "simcse": SimCSE, "supervised": Supervised}
-
-
-def _gradcache_loss(objective, packed_pairs, chunk: int, backward) -> torch.Tensor:
-    """GradCache (Gao et al., 2021): embed the batch without a graph in chunks of ``chunk``
-    texts, take the loss and its gradient with respect to the embeddings, then re-run each
-    chunk with a graph (same dropout, from the saved RNG state) and backpropagate that
-    gradient. Memory is one chunk's activations; the gradient equals the full batch's."""
-    pairs = packed_pairs
-    chunks = [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
-    states, reps = [], []
-    dev = objective.enc.runner.device
-    for c in chunks:
-        states.append(
-            (torch.get_rng_state(), torch.cuda.get_rng_state() if dev.type == "cuda" else None)
-        )
-        with torch.no_grad():
-            reps.append(objective.pooled(objective.encode_texts(c).to(dev)))
-    all_reps = torch.cat(reps).detach().requires_grad_(True)
-    loss = objective.loss_from_reps(all_reps)
-    loss.backward()
-    grads = all_reps.grad.split([r.shape[0] for r in reps])
-    for c, (cpu_state, cuda_state), g in zip(chunks, states, grads):
-        torch.set_rng_state(cpu_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state)
-        r = objective.pooled(objective.encode_texts(c).to(dev))
-        backward((r * g.to(r.dtype)).sum())
-    return loss.detach()
-
-
 # ---------------------------------------------------------------------------------- the loop
-
-
-def _latest_checkpoint(output: Path) -> Path | None:
-    cks = sorted(
-        (p for p in output.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return cks[-1] if cks else None
 
 
 def _schedule(optimizer, name: str, warmup: int, total: int):
@@ -391,7 +234,7 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed + rank)
     enc, head = build_model(config)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
-    objective = _OBJECTIVES[config.objective](enc, config, head, generator)
+    objective = OBJECTIVE_CLASSES[config.objective](enc, config, head, generator)
     model = enc.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -408,16 +251,16 @@ def train(config: TrainConfig) -> dict:
     scheduler = _schedule(optimizer, config.lr_scheduler, config.warmup_steps, total_steps)
 
     step, tokens_done, log_rows = 0, 0, []
-    ck = _latest_checkpoint(output) if config.resume else None
+    ck = latest_checkpoint(output) if config.resume else None
     if config.resume and ck is None and output.exists() and any(output.iterdir()):
         raise DataError(f"--resume: {output} holds no checkpoint-* directory to resume from")
-    if not config.resume and output.exists() and _latest_checkpoint(output) is not None:
+    if not config.resume and output.exists() and latest_checkpoint(output) is not None:
         raise DataError(
             f"{output} already holds checkpoints; pass --resume to continue, or use a new "
             "output directory"
         )
     if ck is not None:
-        state = _resume_state(ck, config)  # refuses changed settings or data
+        state = resume_state(ck, config)  # refuses changed settings or data
         if state["step"] >= total_steps:
             # a finished run (its last checkpoint is the final step): nothing to train, and
             # nothing is written, so a rerun with --resume leaves the output as it was
@@ -436,7 +279,7 @@ def train(config: TrainConfig) -> dict:
                 "world_size": world,
                 "is_main_process": accelerator.is_main_process,
             }
-        step, tokens_done, log_rows = _load_checkpoint(
+        step, tokens_done, log_rows = load_checkpoint(
             ck, config, model, optimizer, scheduler, generator
         )
     # the scheduler is stepped here once per optimizer step (accelerate's wrapper would step it
@@ -480,13 +323,13 @@ def train(config: TrainConfig) -> dict:
             if config.gradcache_chunk and config.objective != "mntp":
                 pairs = objective.pairs(items)
                 with autocast:
-                    loss = _gradcache_loss(
+                    loss = gradcache_loss(
                         objective,
                         pairs,
                         config.gradcache_chunk,
                         lambda t: accelerator.backward(t / accum),
                     )
-                step_tokens += _count_tokens(objective, pairs)
+                step_tokens += count_tokens(objective, pairs)
             else:
                 packed = objective.prepare(items).to(device)
                 # gradients are all-reduced on the last micro-batch only
@@ -521,7 +364,7 @@ def train(config: TrainConfig) -> dict:
             with open(output / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
         if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-            _save_checkpoint(
+            save_checkpoint(
                 accelerator, output / f"checkpoint-{step}", enc, optimizer, scheduler, generator,
                 step, tokens_done, log_rows, config,
             )  # fmt: skip
@@ -529,7 +372,7 @@ def train(config: TrainConfig) -> dict:
     seconds = time.perf_counter() - t0
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save_checkpoint(
+        save_checkpoint(
             accelerator, output / f"checkpoint-{step}", enc, optimizer, scheduler, generator,
             step, tokens_done, log_rows, config,
         )  # fmt: skip
@@ -565,81 +408,6 @@ class _ModelRunner:
             )
 
         return forward
-
-
-def _count_tokens(objective, pairs) -> int:
-    ids, _ = objective.enc.text.token_ids(objective.enc.text.joined(pairs))
-    return sum(len(x) for x in ids)
-
-
-def _rng_state(generator) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            state[f"cuda{i}"] = s
-    return state
-
-
-def _save_checkpoint(accelerator, path: Path, enc, optimizer, scheduler, generator, step,
-                     tokens, log_rows, config) -> None:  # fmt: skip
-    path.mkdir(parents=True, exist_ok=True)
-    enc.save(str(path))
-    torch.save(optimizer.state_dict(), path / "optimizer.pt")
-    torch.save(scheduler.state_dict(), path / "scheduler.pt")
-    torch.save(_rng_state(generator), path / "rng.pt")
-    state = {
-        "step": step,
-        "tokens": tokens,
-        "log": log_rows,
-        "config": config.to_json(),
-        "data": data_fingerprint(config.data),
-    }
-    write_json_atomic(path / "trainer_state.json", state)
-
-
-_RESUME_KEYS = (
-    "objective", "model", "peft", "base_weights", "max_seq_length", "batch_size",
-    "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_steps", "max_steps",
-    "lora_r", "lora_alpha", "lora_dropout", "lora_modules", "mlm_probability", "all_mask",
-    "mask_token", "attention_dropout", "loss_scale", "pooling_mode", "bidirectional", "seed",
-    "shuffle_buffer",
-)  # fmt: skip
-
-
-def _resume_state(path: Path, config) -> dict:
-    """A checkpoint's ``trainer_state.json``, after checking that ``config`` may resume from it
-    (the same settings and data)."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    old = state["config"]
-    diffs = [k for k in _RESUME_KEYS if old.get(k) != getattr(config, k)]
-    if diffs:
-        raise DataError(
-            f"cannot resume from {path}: settings differ ({', '.join(diffs)}); use the same "
-            "settings, or a new output directory"
-        )
-    if state["data"] != data_fingerprint(config.data):
-        raise DataError(f"cannot resume from {path}: the training data changed")
-    return state
-
-
-def _load_checkpoint(path: Path, config, model, optimizer, scheduler, generator):
-    from safetensors.torch import load_file
-
-    state = _resume_state(path, config)
-    adapter = load_file(str(path / "adapter_model.safetensors"))
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(model, adapter)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["generator"])
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
-    return state["step"], state["tokens"], state["log"]
 
 
 def config_fields() -> list[str]:
