@@ -11,13 +11,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from l2vf_support.checkpoints import make_published_layout, make_tiny_lora
+from l2vf_support.official import reference_doc_cut
 from llm2vec_fast import CheckpointError, LLM2Vec
-from llm2vec_fast.testing import (
-    make_published_layout,
-    make_tiny_checkpoint,
-    make_tiny_lora,
-    reference_doc_cut,
-)
+from llm2vec_fast.testing import make_tiny_checkpoint
 
 SEP = "!@#$%^&*()"
 PAIRS = [
@@ -126,7 +123,7 @@ def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
     batched counts with HF's tokenizer); llm2vec 0.2.3's _convert_to_str loops per text, as
     written out here over the HF tokenizer: the strings must be identical, several rounds
     included, except where the official loop empties a non-blank text (the deviation: cut
-    by tokens instead, as testing.reference_doc_cut writes it out)."""
+    by tokens instead, as l2vf_support.official.reference_doc_cut writes it out)."""
     import random
 
     monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)

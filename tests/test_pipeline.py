@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from l2vf_support.memory import resident_memory_mb
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.packing import pack_token_ids
 from llm2vec_fast.pipeline import (
@@ -23,7 +24,7 @@ from llm2vec_fast.pipeline import (
     default_token_budget,
     split_batch,
 )
-from llm2vec_fast.testing import make_tiny_checkpoint, resident_memory_mb
+from llm2vec_fast.testing import make_tiny_checkpoint
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
 

@@ -14,10 +14,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = pytest.mark.gpu
 
 from llm2vec_fast import LLM2Vec  # noqa: E402
 from llm2vec_fast.pipeline import Chunk, EncodePipeline  # noqa: E402

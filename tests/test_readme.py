@@ -128,8 +128,9 @@ def readme_dir(tmp_path_factory):
     """A working directory holding every path the README's blocks name, after running the
     README's commands (``_runnable_commands``, as ``_as_run_here`` says) there in order: the
     batch job's ``emb/`` that a Python block reads comes from the README's own command."""
+    from l2vf_support.checkpoints import make_published_layout, make_tiny_lora
     from llm2vec_fast.cli import main
-    from llm2vec_fast.testing import make_published_layout, make_tiny_checkpoint, make_tiny_lora
+    from llm2vec_fast.testing import make_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("readme")
     ckpt = make_tiny_checkpoint(d / "path" / "to" / "checkpoint", "llama")

@@ -4,22 +4,14 @@ sabotaged kernel makes ``select_kernels`` fall back to torch's path with a warni
 
 from __future__ import annotations
 
-import os
-
 import pytest
+import torch
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 (its own pytest pass)", allow_module_level=True)
-pytest.importorskip("triton")
+import llm2vec_fast.encoder as encoder_module
+import llm2vec_fast.model as model_module
+from llm2vec_fast import LLM2Vec
+from llm2vec_fast.testing import make_tiny_checkpoint
 
-import torch  # noqa: E402
-
-import llm2vec_fast.encoder as encoder_module  # noqa: E402
-import llm2vec_fast.model as model_module  # noqa: E402
-from llm2vec_fast import LLM2Vec  # noqa: E402
-from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
-
-pytestmark = pytest.mark.interpret
 LENGTHS = (1, 7, 13)
 
 
