@@ -35,8 +35,8 @@ def corpus(n: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "llama", "llama", seed=3)
+def model_dir(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("llama", seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from llm2vec_fast.pipeline import (
     default_token_budget,
     split_batch,
 )
-from llm2vec_fast.testing import make_tiny_checkpoint
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
 
@@ -40,8 +39,8 @@ def random_texts(n: int, seed: int) -> list:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=11)
+def model(tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama", seed=11)
     return LLM2Vec.from_pretrained(ckpt, device="cpu", max_length=64)
 
 

@@ -10,14 +10,13 @@ import torch
 import llm2vec_fast.encoder as encoder_module
 import llm2vec_fast.model as model_module
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.testing import make_tiny_checkpoint
 
 LENGTHS = (1, 7, 13)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("m"), "llama", seed=9)
+def model(tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama", seed=9)
     return LLM2Vec.from_pretrained(ckpt, device="cpu")
 
 
