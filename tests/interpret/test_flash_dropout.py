@@ -19,15 +19,15 @@ import dataclasses
 import math
 import zlib
 
-import numpy as np
+import numpy as np  # noqa: E402
 import pytest
-import torch
-import torch.utils.checkpoint
+import torch  # noqa: E402
+import torch.utils.checkpoint  # noqa: E402
 
-from l2vf_support.numerics import assert_close_2x
-from llm2vec_fast import kernels
-from llm2vec_fast.kernels import ops
-from llm2vec_fast.kernels.flash_varlen import (
+from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from llm2vec_fast import kernels  # noqa: E402
+from llm2vec_fast.kernels import ops  # noqa: E402
+from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
     FlashTiles,
     FlashVarlenFunction,
     _philox_key,

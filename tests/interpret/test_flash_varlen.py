@@ -15,9 +15,9 @@ import math
 import zlib
 
 import pytest
-import torch
+import torch  # noqa: E402
 
-from llm2vec_fast.kernels.flash_varlen import (
+from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
     FlashTiles,
     FlashVarlenFunction,
     flash_varlen_attention,

@@ -5,11 +5,11 @@ sabotaged kernel makes ``select_kernels`` fall back to torch's path with a warni
 from __future__ import annotations
 
 import pytest
-import torch
+import torch  # noqa: E402
 
-import llm2vec_fast.encoder as encoder_module
-import llm2vec_fast.model as model_module
-from llm2vec_fast import LLM2Vec
+import llm2vec_fast.encoder as encoder_module  # noqa: E402
+import llm2vec_fast.model as model_module  # noqa: E402
+from llm2vec_fast import LLM2Vec  # noqa: E402
 
 LENGTHS = (1, 7, 13)
 

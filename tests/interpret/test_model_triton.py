@@ -4,11 +4,11 @@ the CPU, against HF transformers' own model (bidirectional through a full 4-D ma
 from __future__ import annotations
 
 import pytest
-import torch
-from torch.testing import assert_close
-from transformers import GemmaConfig, GemmaModel, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+import torch  # noqa: E402
+from torch.testing import assert_close  # noqa: E402
+from transformers import GemmaConfig, GemmaModel, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model  # noqa: E402
 
-from llm2vec_fast.loading import build_encoder
+from llm2vec_fast.loading import build_encoder  # noqa: E402
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaModel, {}),

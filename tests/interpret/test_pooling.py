@@ -11,12 +11,12 @@ from __future__ import annotations
 import zlib
 
 import pytest
-import torch
-from torch.testing import assert_close
+import torch  # noqa: E402
+from torch.testing import assert_close  # noqa: E402
 
-from l2vf_support.numerics import assert_close_2x
-from llm2vec_fast.kernels._launch import use_triton
-from llm2vec_fast.kernels.pooling import (
+from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
+from llm2vec_fast.kernels.pooling import (  # noqa: E402
     POOLING_MODES,
     segment_pool_ref,
     segment_pool_triton,
