@@ -19,9 +19,9 @@ loading the same directory in both):
   silently uses 10000 without it, and reads scaling from ``rope_scaling``. Both are written. Only
   Llama honours ``rope_scaling`` in 4.44 (Mistral, Qwen2 and Gemma ignore it there), so scaling is
   refused for the other families.
-- head_dim: 4.44 Llama and Qwen2 ignore ``head_dim`` (they use ``hidden_size //
-  num_attention_heads``); Mistral and Gemma read it. It is written for every family and must equal
-  ``hidden_size // num_attention_heads`` for Llama and Qwen2.
+- head_dim: 4.44 Llama and Qwen2 ignore ``head_dim`` (they use
+  ``hidden_size // num_attention_heads``); Mistral and Gemma read it. It is written for every
+  family and must equal ``hidden_size // num_attention_heads`` for Llama and Qwen2.
 - Gemma's activation: 4.44 reads ``hidden_activation`` (``hidden_act`` is ignored), 5.x reads
   ``hidden_act``. Both are written.
 - Gemma's RMSNorm scales by ``1 + weight``: its norm weights are stored as small noise around 0 (the
