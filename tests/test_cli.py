@@ -18,7 +18,6 @@ import pytest
 
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.cli import main
-from llm2vec_fast.testing import make_tiny_checkpoint
 
 HIDDEN = 64  # tiny_config's hidden_size
 
@@ -102,8 +101,8 @@ def to_np(x) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), "llama", seed=0)
+def model_dir(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("llama", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from l2vf_support.checkpoints import make_published_layout, make_tiny_lora
 from llm2vec_fast import CheckpointError, LLM2Vec
 from llm2vec_fast.runner import EncoderRunner
-from llm2vec_fast.testing import (
-    make_published_layout,
-    make_tiny_checkpoint,
-    make_tiny_lora,
-)
+from llm2vec_fast.testing import make_tiny_checkpoint
 
 SEP = "!@#$%^&*()"
 PAIRS = [
@@ -30,13 +27,13 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=3)
+def llama_dir(tiny_checkpoint):
+    return tiny_checkpoint("llama", seed=3)
 
 
 @pytest.fixture(scope="module")
-def bos_dir(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("bos"), "mistral", seed=4, add_bos=True)
+def bos_dir(tiny_checkpoint):
+    return tiny_checkpoint("mistral", seed=4, add_bos=True)
 
 
 def reference(ckpt, pairs, mode, max_length=512, doc_max_length=400, skip_instruction=True):

@@ -8,8 +8,9 @@ import warnings
 
 import pytest
 
+from l2vf_support.official import reference_doc_cut
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.testing import make_tiny_checkpoint, reference_doc_cut
+from llm2vec_fast.testing import make_tiny_checkpoint
 
 SEP = "!@#$%^&*()"
 
@@ -28,11 +29,11 @@ def _rel_err(a, b):
 def test_batched_doc_max_length_cut_equals_the_official_loop_per_text(
     llama_dir, seed, cpp, monkeypatch
 ):
-    """_joined_strings cuts all long texts at once (in C++ threads, or in Python rounds of
+    """TextProcessor.joined cuts all long texts at once (in C++ threads, or in Python rounds of
     batched counts with HF's tokenizer); llm2vec 0.2.3's _convert_to_str loops per text, as
     written out here over the HF tokenizer: the strings must be identical, several rounds
     included, except where the official loop empties a non-blank text (the deviation: cut
-    by tokens instead, as testing.reference_doc_cut writes it out)."""
+    by tokens instead, as l2vf_support.official.reference_doc_cut writes it out)."""
     import random
 
     monkeypatch.setenv("LLM2VEC_FAST_TOKENIZER", cpp)

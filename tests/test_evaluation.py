@@ -26,7 +26,6 @@ from llm2vec_fast.evaluation import (
     stratified_folds,
     word_similarity,
 )
-from llm2vec_fast.testing import make_tiny_checkpoint
 
 DATA = gensim_test_data_dir()
 
@@ -184,8 +183,8 @@ def test_offline_wiring_with_fake_encoders():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=9)
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint("llama", seed=9)
 
 
 def test_cli_eval_offline(ckpt, tmp_path, capsys):

@@ -21,13 +21,9 @@ import numpy as np
 import pytest
 import torch
 
+from l2vf_support.checkpoints import make_published_layout, make_tiny_lora, tensors_sha256
 from llm2vec_fast import LLM2Vec
-from llm2vec_fast.testing import (
-    make_published_layout,
-    make_tiny_checkpoint,
-    make_tiny_lora,
-    tensors_sha256,
-)
+from llm2vec_fast.testing import make_tiny_checkpoint
 from llm2vec_fast.text import split_sep
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"

@@ -3,7 +3,7 @@
 Every test is marked ``gpu`` and skipped without CUDA (and under ``TRITON_INTERPRET=1``). The
 kernels never store the dropout mask; :func:`flash_varlen_dropout_mask` materialises the one they
 regenerate from (seed, offset), and with it the kernel's output and q/k/v gradients are judged
-by flash-attention's rule for its dropout tests (:func:`llm2vec_fast.testing.assert_close_2x`):
+by flash-attention's rule for its dropout tests (:func:`l2vf_support.numerics.assert_close_2x`):
 the error against float64 ``(softmax(S) * keep / (1 - p)) @ V`` may be at most 2x the error of
 the same eager computation in bfloat16, plus a small floor. Then, on the device's own generator:
 seeds drawn under ``torch.manual_seed`` reproduce, gradient checkpointing replays the mask, and
@@ -22,7 +22,6 @@ import torch
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
     pytest.mark.skipif(
         os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only (no interpreter)"
     ),
@@ -32,13 +31,13 @@ pytest.importorskip("triton")
 
 import torch.utils.checkpoint  # noqa: E402
 
+from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
 from llm2vec_fast.kernels import ops  # noqa: E402
 from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
     flash_varlen_attention,
     flash_varlen_dropout_mask,
 )
-from llm2vec_fast.testing import assert_close_2x  # noqa: E402
 
 DEVICE = "cuda"
 P = 0.3  # SimCSE's attention dropout

@@ -21,6 +21,7 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval  # noqa: E402
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData  # noqa: E402
 from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
 
+from l2vf_support.sts import STS_ROWS, write_sts_benchmark  # noqa: E402
 from llm2vec_fast import LLM2Vec  # noqa: E402
 from llm2vec_fast.cli import main  # noqa: E402
 from llm2vec_fast.integrations.mteb import (  # noqa: E402
@@ -29,7 +30,6 @@ from llm2vec_fast.integrations.mteb import (  # noqa: E402
     run_mteb,
     summary_table,
 )
-from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
 
 QUERY_INSTRUCTION = "Given a question about animals, retrieve the passage that answers it:"
 QUERIES = {
@@ -86,8 +86,8 @@ class TinyAnimalRetrieval(AbsTaskRetrieval):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=11)
+def model(tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama", seed=11)
     return LLM2Vec.from_pretrained(ckpt, device="cpu")
 
 
@@ -183,28 +183,12 @@ def test_instruction_file_errors(tmp_path, model):
         LLM2VecMTEB(model, ["not", "a", "mapping"])
 
 
-STS_ROWS = [
-    ("A man is playing a guitar.", "A man plays the guitar.", 4.8),
-    ("A woman is slicing an onion.", "Someone is cutting an onion.", 4.2),
-    ("A dog runs in the park.", "A cat sleeps on the sofa.", 0.6),
-    ("The stock market fell today.", "Shares dropped sharply today.", 3.9),
-    ("A child is reading a book.", "A plane lands at the airport.", 0.2),
-    ("Two men are playing chess.", "Two people play a board game.", 3.5),
-    ("It is raining in London.", "The weather in London is wet.", 3.8),
-    ("She bought a new car.", "He is cooking pasta.", 0.4),
-]
-
-
 def test_cli_eval_tasks_with_local_data_dir(tmp_path, model, capsys, monkeypatch):
     """A registered MTEB task (STSBenchmark) read from --data-dir; instructions from a file."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # the command sets them: undo after
         monkeypatch.setenv(var, "1")
     ckpt = model.load_spec.base_model_name_or_path
-    repo = tmp_path / "data" / "mteb" / "stsbenchmark-sts"
-    repo.mkdir(parents=True)
-    with open(repo / "test.jsonl", "w", encoding="utf-8") as f:
-        for s1, s2, score in STS_ROWS:
-            f.write(json.dumps({"sentence1": s1, "sentence2": s2, "score": score}) + "\n")
+    write_sts_benchmark(tmp_path / "data")
     instructions = tmp_path / "task_to_instructions.json"
     instructions.write_text(json.dumps({"STSBenchmark": "Retrieve semantically similar text:"}))
     out = tmp_path / "out"

@@ -19,7 +19,6 @@ from torch.testing import assert_close
 
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast import multi_device as md
-from llm2vec_fast.testing import make_tiny_checkpoint
 
 TEXTS = [f"text number {i} " + "word " * (i % 13) for i in range(40)]
 TEXTS += [["Retrieve a passage about cats", "cats eat meat"], "", "x"]
@@ -27,8 +26,8 @@ DEVICES = ["cpu", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=21)
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint("llama", seed=21)
 
 
 @pytest.fixture(scope="module")

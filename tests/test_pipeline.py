@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from l2vf_support.memory import resident_memory_mb
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.chunks import CPU_TOKEN_BUDGET, split_batch
 from llm2vec_fast.packing import pack_token_ids
 from llm2vec_fast.pipeline import Chunk, EncodePipeline, chunked, default_token_budget
-from llm2vec_fast.testing import make_tiny_checkpoint, resident_memory_mb
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
 
@@ -33,8 +33,8 @@ def random_texts(n: int, seed: int) -> list:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=11)
+def model(tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama", seed=11)
     return LLM2Vec.from_pretrained(ckpt, device="cpu", max_length=64)
 
 

@@ -14,14 +14,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = pytest.mark.gpu
 
 from llm2vec_fast import LLM2Vec  # noqa: E402
 from llm2vec_fast.pipeline import Chunk, EncodePipeline  # noqa: E402
-from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
 
 WORDS = "the cat sat on a mat while markets fell and oil rose in quiet rooms".split()
 
@@ -34,8 +30,8 @@ def texts(n: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=5)
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint("llama", seed=5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from l2vf_support.sts import STS_ROWS, write_sts_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,14 +54,6 @@ README = ROOT / "README.md"
 PYTHON_NOT_RUN: dict[str, str] = {}
 
 HUB_BASE = "princeton-nlp/Sheared-LLaMA-1.3B"  # what a published MNTP adapter names as its base
-STS_ROWS = [
-    ("A man is playing a guitar.", "A man plays the guitar.", 4.8),
-    ("A woman is slicing an onion.", "Someone is cutting an onion.", 4.2),
-    ("A dog runs in the park.", "A cat sleeps on the sofa.", 0.6),
-    ("The stock market fell today.", "Shares dropped sharply today.", 3.9),
-    ("A child is reading a book.", "A plane lands at the airport.", 0.2),
-    ("Two men are playing chess.", "Two people play a board game.", 3.5),
-]
 
 
 def _blocks() -> list[tuple[str, int, str]]:
@@ -128,8 +122,9 @@ def readme_dir(tmp_path_factory):
     """A working directory holding every path the README's blocks name, after running the
     README's commands (``_runnable_commands``, as ``_as_run_here`` says) there in order: the
     batch job's ``emb/`` that a Python block reads comes from the README's own command."""
+    from l2vf_support.checkpoints import make_published_layout, make_tiny_lora
     from llm2vec_fast.cli import main
-    from llm2vec_fast.testing import make_published_layout, make_tiny_checkpoint, make_tiny_lora
+    from llm2vec_fast.testing import make_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("readme")
     ckpt = make_tiny_checkpoint(d / "path" / "to" / "checkpoint", "llama")
@@ -160,11 +155,7 @@ def readme_dir(tmp_path_factory):
     (d / "task_to_instructions.json").write_text(
         json.dumps({"STSBenchmark": "Retrieve semantically similar text:"}), encoding="utf-8"
     )
-    sts = d / "mteb-data" / "mteb" / "stsbenchmark-sts"  # --data-dir DIR/<repository id>
-    sts.mkdir(parents=True)
-    with open(sts / "test.jsonl", "w", encoding="utf-8") as f:
-        for s1, s2, score in STS_ROWS:
-            f.write(json.dumps({"sentence1": s1, "sentence2": s2, "score": score}) + "\n")
+    write_sts_benchmark(d / "mteb-data", STS_ROWS[:6])
 
     cwd = os.getcwd()
     os.chdir(d)

@@ -41,8 +41,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", seed=5)
+def model(tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama", seed=5)
     return LLM2Vec.from_pretrained(ckpt, device="cpu", max_length=24)
 
 

@@ -8,28 +8,20 @@ Losses and gradients are judged against a float64 reference: the kernel's error 
 
 from __future__ import annotations
 
-import os
 import zlib
 
 import pytest
-
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("interpreter tests need TRITON_INTERPRET=1", allow_module_level=True)
-pytest.importorskip("triton")
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import llm2vec_fast.training.losses as losses_mod  # noqa: E402
+from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 from llm2vec_fast.kernels.cross_entropy import (  # noqa: E402
     cross_entropy_fwd,
     cross_entropy_grad_ref,
 )
-from llm2vec_fast.testing import assert_close_2x  # noqa: E402
 from llm2vec_fast.training import linear_cross_entropy  # noqa: E402
-
-pytestmark = pytest.mark.interpret
 
 DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
     pytest.param(torch.float32, 1e-6, 1e-5, id="fp32"),

@@ -9,7 +9,7 @@ The kernels never store the mask; :func:`flash_varlen_dropout_mask` materialises
 regenerate from (seed, offset). With it, the kernel's output and q/k/v gradients are judged
 against float64 ``(softmax(S) * keep / (1 - p)) @ V``: the error may be at most 2x the error of
 the same eager computation in the input's dtype, plus a small floor
-(:func:`llm2vec_fast.testing.assert_close_2x`). Then the mask itself: its keep fraction, its
+(:func:`l2vf_support.numerics.assert_close_2x`). Then the mask itself: its keep fraction, its
 independence across heads, texts, rows, keys and offsets, and its reproducibility.
 """
 
@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import zlib
 
-import pytest
-
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 (run this module on its own)", allow_module_level=True)
-pytest.importorskip("triton")
-
 import numpy as np  # noqa: E402
+import pytest
 import torch  # noqa: E402
 import torch.utils.checkpoint  # noqa: E402
 
+from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
 from llm2vec_fast.kernels import ops  # noqa: E402
 from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
@@ -40,9 +35,6 @@ from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
     flash_varlen_dropout_mask,
     flash_varlen_tiles,
 )
-from llm2vec_fast.testing import assert_close_2x  # noqa: E402
-
-pytestmark = pytest.mark.interpret
 
 # small tiles with BLOCK_M != BLOCK_N (fwd 32 x 16, dK/dV 16 x 32, dQ 32 x 16): several blocks
 # per text, and a tiling unlike the mask helper's 32 x 32, so a mask that depended on the tiling

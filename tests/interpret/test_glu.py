@@ -8,23 +8,15 @@ error, plus a floor.
 
 from __future__ import annotations
 
-import os
 import zlib
 
 import pytest
-
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("interpreter tests need TRITON_INTERPRET=1", allow_module_level=True)
-pytest.importorskip("triton")
-
 import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
+from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 from llm2vec_fast.kernels.glu import ACTIVATIONS, gated_act, gated_act_ref  # noqa: E402
-from llm2vec_fast.testing import assert_close_2x  # noqa: E402
-
-pytestmark = pytest.mark.interpret
 
 DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
     pytest.param(torch.float32, 1e-5, 1.3e-6, id="fp32"),

@@ -4,28 +4,19 @@ sabotaged kernel makes ``select_kernels`` fall back to torch's path with a warni
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 (its own pytest pass)", allow_module_level=True)
-pytest.importorskip("triton")
-
 import torch  # noqa: E402
 
 import llm2vec_fast.model as model_module  # noqa: E402
 import llm2vec_fast.runner as runner_module  # noqa: E402
 from llm2vec_fast import LLM2Vec  # noqa: E402
-from llm2vec_fast.testing import make_tiny_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.interpret
 LENGTHS = (1, 7, 13)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("m"), "llama", seed=9)
+def model(tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama", seed=9)
     return LLM2Vec.from_pretrained(ckpt, device="cpu")
 
 

@@ -3,21 +3,12 @@ the CPU, against HF transformers' own model (bidirectional through a full 4-D ma
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 (its own pytest pass)", allow_module_level=True)
-pytest.importorskip("triton")
-
 import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 from transformers import GemmaConfig, GemmaModel, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model  # noqa: E402
 
 from llm2vec_fast.loading import build_encoder  # noqa: E402
-
-pytestmark = pytest.mark.interpret
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaModel, {}),
