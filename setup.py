@@ -57,6 +57,7 @@ test_requires = [
     "triton",
     "pyarrow",
     "ray[data]",
+    "import-linter",  # the layer contract in .importlinter (lint-imports)
 ]
 
 setup(
