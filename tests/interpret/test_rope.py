@@ -20,8 +20,8 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
+from llm2vec_fast.kernels import apply_rope, rope_ref  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
-from llm2vec_fast.kernels.rope import apply_rope, rope_ref  # noqa: E402
 from llm2vec_fast.testing import assert_close_2x  # noqa: E402
 
 pytestmark = pytest.mark.interpret
