@@ -7,16 +7,13 @@ beside the output; ``register_autograd`` on the forward op, the only autograd re
 saves it and calls the backward op; ``register_fake`` gives every output's shape and dtype
 without running anything::
 
-    forward op                            returns (and saves for the backward)
-    varlen_attention_forward(q, k, v,     out [T, Hq, D] q.dtype, lse [Hq, T] float32; the
-        cu_seqlens, <varlen options>)     dropout seed and offset are options (see below)
-    segment_pool_forward(hidden,          out [n, H] float32 (float64 for float64 hidden),
-        cu_seqlens, pool_mask, mode)      aux [n] int32 (the Triton kernel's per-text counts)
-    rms_norm_forward(x, weight, eps,      y x.shape, rstd [rows] float32 (float64 for float64 x)
-        gemma)
-    apply_rope_forward(q, k,              (q_out, k_out); the backward is the rotation by
-        position_ids, inv_freq, scaling)  -angle and needs no saved tensor but the positions
-    gated_act_forward(gate, up, act)      act(gate) * up; the backward needs gate and up
+    forward op                  returns (what the backward needs beside the inputs)
+    varlen_attention_forward    out [T, Hq, D], lse [Hq, T] float32 (the dropout seed and offset
+                                are options of the op: see below)
+    segment_pool_forward        out [n, H] float32, aux [n] int32 (the kernel's per-text counts)
+    rms_norm_forward            y, rstd [rows] float32
+    apply_rope_forward          (q_out, k_out): the backward is the rotation by -angle
+    gated_act_forward           act(gate) * up: the backward needs gate and up
 
 ``<name>_backward`` takes the output gradients and the saved tensors. No backward reruns its
 forward: the attention backward recomputes P from the LSE (the flash algorithm) and regenerates
@@ -68,14 +65,8 @@ from .rope import rope_bwd, rope_bwd_torch, rope_fwd, rope_ref
 NAMESPACE = "llm2vec_fast"
 OPS = ("varlen_attention", "segment_pool", "rms_norm", "apply_rope", "gated_act")
 
-__all__ = [
-    "apply_rope",
-    "flash_varlen_attention",
-    "gated_act",
-    "rms_norm",
-    "segment_pool",
-    "varlen_attention",
-]
+__all__ = ["apply_rope", "flash_varlen_attention", "gated_act", "rms_norm", "segment_pool",
+           "varlen_attention"]  # fmt: skip
 
 # The options of varlen attention after (q, k, v), in schema order: written once, here.
 # flash: always the Triton flash kernel (otherwise: where it pays, see the module doc).
@@ -132,10 +123,6 @@ def _vjp(fn, grads, diff_inputs, *args) -> list[torch.Tensor]:
     out, vjp_fn = torch.func.vjp(lambda *xs: fn(*xs, *args), *diff_inputs)
     got = vjp_fn(tuple(grads) if isinstance(out, tuple) else grads[0])
     return [g.contiguous() for g in got[: len(diff_inputs)]]
-
-
-def _nones(n: int) -> tuple[None, ...]:
-    return (None,) * n
 
 
 # ---- varlen attention ----------------------------------------------------------------------
@@ -198,7 +185,7 @@ def _attention_autograd_bwd(ctx, dout, _dlse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
     grads = _op("varlen_attention_backward")(dout, q, k, v, out, lse, cu_seqlens, *ctx.options)
-    return *grads, *_nones(len(_VARLEN))
+    return *grads, *(None,) * len(_VARLEN)
 
 
 _define(
@@ -400,32 +387,26 @@ def rms_norm(
 # ---- apply_rope ----------------------------------------------------------------------------
 
 
-def _rope_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    position_ids: torch.Tensor,
-    inv_freq: torch.Tensor,
-    attention_scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    fwd = rope_fwd if use_triton(q, k) else rope_ref
-    qo, ko = fwd(q, k, position_ids, inv_freq, attention_scaling)
-    return qo.contiguous(), ko.contiguous()
+def _rotation(triton_fn, torch_fn):
+    """The body of both RoPE ops (the backward is the rotation by -angle): new contiguous
+    tensors from the Triton launcher or the PyTorch code."""
+
+    def rotate(
+        a: torch.Tensor,
+        b: torch.Tensor,
+        position_ids: torch.Tensor,
+        inv_freq: torch.Tensor,
+        attention_scaling: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fn = triton_fn if use_triton(a, b) else torch_fn
+        a, b = fn(a, b, position_ids, inv_freq, attention_scaling)
+        return a.contiguous(), b.contiguous()
+
+    return rotate
 
 
 def _rope_fake(a, b, position_ids, inv_freq, attention_scaling):
     return a.new_empty(a.shape), b.new_empty(b.shape)
-
-
-def _rope_backward(
-    dq_out: torch.Tensor,
-    dk_out: torch.Tensor,
-    position_ids: torch.Tensor,
-    inv_freq: torch.Tensor,
-    attention_scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    bwd = rope_bwd if use_triton(dq_out, dk_out) else rope_bwd_torch
-    dq, dk = bwd(dq_out, dk_out, position_ids, inv_freq, attention_scaling)
-    return dq.contiguous(), dk.contiguous()
 
 
 def _rope_setup(ctx, inputs, output):
@@ -444,8 +425,8 @@ def _rope_autograd_bwd(ctx, dqo, dko):
 
 
 _define(
-    "apply_rope", _rope_forward, _rope_fake, _rope_backward, _rope_fake, _rope_setup,
-    _rope_autograd_bwd,
+    "apply_rope", _rotation(rope_fwd, rope_ref), _rope_fake, _rotation(rope_bwd, rope_bwd_torch),
+    _rope_fake, _rope_setup, _rope_autograd_bwd,
 )  # fmt: skip
 
 

@@ -39,13 +39,9 @@ __all__ = [
 def rms_norm_ref(
     x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False
 ) -> torch.Tensor:
-    """PyTorch reference, the same math as ``model.RMSNorm`` (float64 input stays float64)."""
-    dtype = x.dtype
-    h = x.to(torch.promote_types(dtype, torch.float32))
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    if gemma:
-        return (h * (1.0 + weight.to(h.dtype))).to(dtype)
-    return weight * h.to(dtype)
+    """PyTorch reference, the same math as ``model.RMSNorm`` (float64 input stays float64);
+    differentiable: x ``[..., H]`` -> ``[..., H]``."""
+    return rms_norm_fwd_torch(x, weight, eps, gemma)[0]
 
 
 def _config(n_cols: int) -> dict:
@@ -193,11 +189,12 @@ def rms_norm_bwd(
 def rms_norm_fwd_torch(
     x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch forward, the math of :func:`rms_norm_ref`: x ``[T, H]`` -> (y ``[T, H]``, rstd
-    ``[T]`` float32, float64 for float64 x)."""
+    """PyTorch forward: x ``[..., H]`` -> (y ``[..., H]``, rstd ``[...]`` float32, float64 for
+    float64 x). Llama: ``weight * (x * rstd).to(x.dtype)``; Gemma: ``(x * rstd * (1 + weight))``
+    in float32, then cast."""
     h = x.to(torch.promote_types(x.dtype, torch.float32))
     rstd = torch.rsqrt(h.pow(2).mean(-1) + eps)
-    n = h * rstd[:, None]
+    n = h * rstd[..., None]
     if gemma:
         return (n * (1.0 + weight.to(h.dtype))).to(x.dtype), rstd
     return weight * n.to(x.dtype), rstd

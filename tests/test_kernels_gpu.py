@@ -191,8 +191,8 @@ def test_flash_varlen_writes_every_row_and_strided_views():
 
 
 def test_custom_op_on_cuda_matches_dispatcher():
-    """``torch.ops.llm2vec_fast.varlen_attention`` on CUDA runs the Triton path: same output
-    and gradients as the autograd.Function, also inside ``torch.compile(fullgraph=True)``."""
+    """``ops.varlen_attention`` on bf16 CUDA tensors runs the Triton path: the same output and
+    gradients as :func:`flash_varlen_attention`, also inside ``torch.compile(fullgraph=True)``."""
     from llm2vec_fast.kernels import ops
 
     q, k, v, do, cu, mx = _attention_case(torch.bfloat16, 32, 8, 128, mixed_lengths(seed=5), 5)
@@ -208,7 +208,7 @@ def test_custom_op_on_cuda_matches_dispatcher():
 
 
 def test_segment_pool_custom_op_on_cuda_matches_dispatcher():
-    """``torch.ops.llm2vec_fast.segment_pool`` on CUDA: the Triton kernels' output and gradient."""
+    """``ops.segment_pool`` on CUDA: the Triton kernels' output and gradient."""
     from llm2vec_fast.kernels import ops
 
     lengths = [n for n in mixed_lengths(seed=8) if n]
