@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .dropout_seeds import check_dropout, torch_seed
+from .varlen import Varlen
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
@@ -177,31 +178,23 @@ def _dropout_scales(shapes, device, dtype, dropout_p, seed, offset):
 
 
 def varlen_attention_fwd_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    causal: bool = False,
-    softmax_scale: float | None = None,
-    dropout_p: float = 0.0,
-    seed: int | None = None,
-    offset: int = 0,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, opts: Varlen
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch forward: ``(out [T, Hq, D] q.dtype, lse [Hq, T])``, the LSE in float32 (float64
     for float64 input), natural log, as :func:`llm2vec_fast.kernels.flash_varlen.flash_varlen_fwd`.
 
-    Texts of equal length share one batched computation. ``dropout_p > 0`` drops probabilities
-    by a mask drawn from a torch generator seeded from ``(seed, offset)`` (not the Triton
-    kernel's Philox mask)."""
-    check_qkv(q, k, v, cu_seqlens)
-    p = check_dropout(dropout_p, seed, offset)
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    Texts of equal length share one batched computation. ``opts.dropout_p > 0`` drops
+    probabilities by a mask drawn from a torch generator seeded from ``(seed, offset)`` (not the
+    Triton kernel's Philox mask)."""
+    check_qkv(q, k, v, opts.cu_seqlens)
+    p = check_dropout(opts.dropout_p, opts.seed, opts.offset)
+    scale, causal = opts.scale(q.shape[-1]), opts.causal
     ct = torch.promote_types(q.dtype, torch.float32)
     out = torch.zeros_like(q)
     lse = q.new_zeros((q.shape[1], q.shape[0]), dtype=ct)
-    groups = _length_groups(cu_seqlens, q.device)
+    groups = _length_groups(opts.cu_seqlens, q.device)
     shapes = [(i.shape[0], q.shape[1], i.shape[1], i.shape[1]) for i in groups]
-    for idx, z in zip(groups, _dropout_scales(shapes, q.device, ct, p, seed, offset)):
+    for idx, z in zip(groups, _dropout_scales(shapes, q.device, ct, p, opts.seed, opts.offset)):
         t = _Texts(idx, q, k, v, scale, causal)
         row_lse = torch.logsumexp(t.scores, -1)
         probs = torch.exp(t.scores - row_lse[..., None])
@@ -219,23 +212,18 @@ def varlen_attention_bwd_torch(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    causal: bool = False,
-    softmax_scale: float | None = None,
-    dropout_p: float = 0.0,
-    seed: int | None = None,
-    offset: int = 0,
+    opts: Varlen,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch backward of :func:`varlen_attention_fwd_torch`: ``(dq, dk, dv)`` in the inputs'
     dtypes. P comes from the saved ``lse`` (``exp(S - lse)``) and the dropout masks are drawn
     again from ``(seed, offset)``: the forward's output is never recomputed."""
-    p = check_dropout(dropout_p, seed, offset)
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    p = check_dropout(opts.dropout_p, opts.seed, opts.offset)
+    scale, causal = opts.scale(q.shape[-1]), opts.causal
     ct = torch.promote_types(q.dtype, torch.float32)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    groups = _length_groups(cu_seqlens, q.device)
+    groups = _length_groups(opts.cu_seqlens, q.device)
     shapes = [(i.shape[0], q.shape[1], i.shape[1], i.shape[1]) for i in groups]
-    for idx, z in zip(groups, _dropout_scales(shapes, q.device, ct, p, seed, offset)):
+    for idx, z in zip(groups, _dropout_scales(shapes, q.device, ct, p, opts.seed, opts.offset)):
         t = _Texts(idx, q, k, v, scale, causal)
         probs = torch.exp(t.scores - lse[:, idx].transpose(0, 1)[..., None].to(ct))
         dos = do[idx].transpose(1, 2).to(ct)

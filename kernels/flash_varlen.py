@@ -30,6 +30,7 @@ from . import flash_varlen_kernels as fk
 from ._launch import HAVE_TRITON, next_pow2
 from .attention import check_qkv
 from .dropout_seeds import dropout_args
+from .varlen import Varlen
 
 if HAVE_TRITON:
     import triton
@@ -163,30 +164,21 @@ def flash_varlen_dropout_mask(
 
 
 def flash_varlen_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    causal: bool = False,
-    softmax_scale: float | None = None,
-    tiles: FlashTiles | None = None,
-    dropout_p: float = 0.0,
-    seed: int | None = None,
-    offset: int = 0,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, opts: Varlen, tiles: FlashTiles | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward launch. Returns ``(o [T, Hq, D] q.dtype, lse [Hq, T] float32, natural log)``.
 
-    ``tiles`` overrides :func:`flash_varlen_tiles` (tests use small tiles to exercise loops).
-    ``dropout_p > 0`` needs ``seed`` (an int) and takes ``offset`` (an int in [0, 2**32)); the
-    LSE is the undropped softmax's.
+    ``opts``: the :class:`~llm2vec_fast.kernels.varlen.Varlen` options (``dropout_p > 0`` needs
+    a seed; the LSE is the undropped softmax's). ``tiles`` overrides :func:`flash_varlen_tiles`
+    (tests use small tiles to exercise loops).
     """
+    cu_seqlens, max_seqlen, causal = opts.cu_seqlens, opts.longest(), opts.causal
     _check_inputs(q, k, v, cu_seqlens)
-    p, key, off, dropout = dropout_args(dropout_p, seed, offset)
+    p, key, off, dropout = dropout_args(opts.dropout_p, opts.seed, opts.offset)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     total, hq, d = q.shape
     hkv = k.shape[1]
-    scale = softmax_scale if softmax_scale is not None else d**-0.5
+    scale = opts.scale(d)
     t = tiles or flash_varlen_tiles(d, q.dtype, dropout)
     if t.BLOCK_D < d:
         raise ValueError(f"tiles.BLOCK_D {t.BLOCK_D} < head_dim {d}")
@@ -215,26 +207,21 @@ def flash_varlen_bwd(
     v: torch.Tensor,
     o: torch.Tensor,
     lse: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    causal: bool = False,
-    softmax_scale: float | None = None,
+    opts: Varlen,
     tiles: FlashTiles | None = None,
-    dropout_p: float = 0.0,
-    seed: int | None = None,
-    offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launch: ``(dq [T, Hq, D], dk [T, Hkv, D], dv [T, Hkv, D])`` in q's dtype.
 
-    ``o`` and ``lse`` are what :func:`flash_varlen_fwd` returned; ``do`` is ``[T, Hq, D]``;
-    ``dropout_p``, ``seed``, ``offset`` must be the forward's (the mask is regenerated).
+    ``o`` and ``lse`` are what :func:`flash_varlen_fwd` returned for the same ``opts`` (the
+    dropout mask is regenerated from their seed and offset); ``do`` is ``[T, Hq, D]``.
     """
-    p, key, off, dropout = dropout_args(dropout_p, seed, offset)
+    cu_seqlens, max_seqlen, causal = opts.cu_seqlens, opts.longest(), opts.causal
+    p, key, off, dropout = dropout_args(opts.dropout_p, opts.seed, opts.offset)
     q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
     total, hq, d = q.shape
     hkv = k.shape[1]
     group = hq // hkv
-    scale = softmax_scale if softmax_scale is not None else d**-0.5
+    scale = opts.scale(d)
     t = tiles or flash_varlen_tiles(d, q.dtype, dropout)
     dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)

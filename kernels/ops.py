@@ -43,8 +43,6 @@ newer torch silently replaces the first). The project imports it only as
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import torch
 
 from ._launch import INTERPRET, use_triton
@@ -61,27 +59,14 @@ from .pooling import (
 )
 from .rms_norm import rms_norm_bwd, rms_norm_bwd_torch, rms_norm_fwd, rms_norm_fwd_torch
 from .rope import rope_bwd, rope_bwd_torch, rope_fwd, rope_ref
+from .varlen import SCHEMA as VARLEN_SCHEMA
+from .varlen import Varlen
 
 NAMESPACE = "llm2vec_fast"
 OPS = ("varlen_attention", "segment_pool", "rms_norm", "apply_rope", "gated_act")
 
 __all__ = ["apply_rope", "flash_varlen_attention", "gated_act", "rms_norm", "segment_pool",
            "varlen_attention"]  # fmt: skip
-
-# The options of varlen attention after (q, k, v), in schema order: written once, here.
-# flash: always the Triton flash kernel (otherwise: where it pays, see the module doc).
-_VARLEN = (
-    ("cu_seqlens", "Tensor"),
-    ("max_seqlen", "int?"),
-    ("causal", "bool"),
-    ("softmax_scale", "float?"),
-    ("dropout_p", "float"),
-    ("seed", "int?"),
-    ("offset", "int"),
-    ("flash", "bool"),
-)
-Varlen = namedtuple("Varlen", [name for name, _ in _VARLEN])
-_VARLEN_SCHEMA = ", ".join(f"{kind} {name}" for name, kind in _VARLEN)
 
 
 def _op(name: str):
@@ -132,13 +117,6 @@ def _use_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash: bool) -
     return flash or (use_triton(q, k, v) and (INTERPRET or q.dtype != torch.float32))
 
 
-def _max_seqlen(o: Varlen) -> int:
-    if o.max_seqlen is not None:
-        return o.max_seqlen
-    cu = o.cu_seqlens
-    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
-
-
 def _attention_forward(q, k, v, *options):
     o = Varlen(*options)
     if o.dropout_p > 0.0 and o.seed is None:
@@ -146,11 +124,8 @@ def _attention_forward(q, k, v, *options):
             "llm2vec_fast::varlen_attention_forward with dropout_p > 0 needs a seed (the "
             "backward regenerates the mask from it); ops.varlen_attention draws one"
         )
-    drop = (o.dropout_p, o.seed, o.offset)
-    if _use_flash(q, k, v, o.flash):
-        args = (o.cu_seqlens, _max_seqlen(o), o.causal, o.softmax_scale, None)
-        return flash_varlen_fwd(q, k, v, *args, *drop)
-    return varlen_attention_fwd_torch(q, k, v, o.cu_seqlens, o.causal, o.softmax_scale, *drop)
+    fwd = flash_varlen_fwd if _use_flash(q, k, v, o.flash) else varlen_attention_fwd_torch
+    return fwd(q, k, v, o)
 
 
 def _attention_forward_fake(q, k, v, *options):
@@ -160,13 +135,8 @@ def _attention_forward_fake(q, k, v, *options):
 
 def _attention_backward(do, q, k, v, out, lse, *options):
     o = Varlen(*options)
-    drop = (o.dropout_p, o.seed, o.offset)
-    if _use_flash(q, k, v, o.flash):
-        args = (o.cu_seqlens, _max_seqlen(o), o.causal, o.softmax_scale, None)
-        return flash_varlen_bwd(do, q, k, v, out, lse, *args, *drop)
-    return varlen_attention_bwd_torch(
-        do, q, k, v, out, lse, o.cu_seqlens, o.causal, o.softmax_scale, *drop
-    )
+    bwd = flash_varlen_bwd if _use_flash(q, k, v, o.flash) else varlen_attention_bwd_torch
+    return bwd(do, q, k, v, out, lse, o)
 
 
 def _attention_backward_fake(do, q, k, v, out, lse, *options):
@@ -185,15 +155,15 @@ def _attention_autograd_bwd(ctx, dout, _dlse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
     grads = _op("varlen_attention_backward")(dout, q, k, v, out, lse, cu_seqlens, *ctx.options)
-    return *grads, *(None,) * len(_VARLEN)
+    return *grads, *(None,) * len(Varlen._fields)
 
 
 _define(
     "varlen_attention", _attention_forward, _attention_forward_fake, _attention_backward,
     _attention_backward_fake, _attention_setup, _attention_autograd_bwd,
-    forward_schema=f"(Tensor q, Tensor k, Tensor v, {_VARLEN_SCHEMA}) -> (Tensor, Tensor)",
+    forward_schema=f"(Tensor q, Tensor k, Tensor v, {VARLEN_SCHEMA}) -> (Tensor, Tensor)",
     backward_schema=(
-        f"(Tensor do, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_VARLEN_SCHEMA})"
+        f"(Tensor do, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {VARLEN_SCHEMA})"
         " -> (Tensor, Tensor, Tensor)"
     ),
 )  # fmt: skip

@@ -40,6 +40,7 @@ from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
     flash_varlen_fwd,
     flash_varlen_tiles,
 )
+from llm2vec_fast.kernels.varlen import Varlen  # noqa: E402
 from llm2vec_fast.testing import assert_close_2x  # noqa: E402
 
 pytestmark = pytest.mark.interpret
@@ -140,9 +141,9 @@ def _flash(lengths, causal, scale, tiles, d, p, seed, offset=0):
 
     def launch(q, k, v, do):  # the launchers take tiles (the custom ops use the table's)
         t = dataclasses.replace(tiles, BLOCK_D=flash_varlen_tiles(d).BLOCK_D)
-        args = (cu, max(lengths), causal, scale, t, p, seed, offset)
-        o, lse = flash_varlen_fwd(q, k, v, *args)
-        return [o, *flash_varlen_bwd(do, q, k, v, o, lse, *args)]
+        opts = Varlen(cu, max(lengths), causal, scale, p, seed, offset)
+        o, lse = flash_varlen_fwd(q, k, v, opts, t)
+        return [o, *flash_varlen_bwd(do, q, k, v, o, lse, opts, t)]
 
     return launch
 
