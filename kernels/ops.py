@@ -60,6 +60,7 @@ from .pooling import (
 from .rms_norm import rms_norm_bwd, rms_norm_bwd_torch, rms_norm_fwd, rms_norm_fwd_torch
 from .rope import rope_bwd, rope_bwd_torch, rope_fwd, rope_ref
 from .varlen import SCHEMA as VARLEN_SCHEMA
+from .varlen import SIGNATURE as VARLEN_SIGNATURE
 from .varlen import Varlen
 
 NAMESPACE = "llm2vec_fast"
@@ -176,17 +177,15 @@ def _draw_seed(device: torch.device) -> int:
 
 
 def _attention_entry(flash: bool):
-    def attention(q, k, v, cu_seqlens, max_seqlen=None, causal=False, softmax_scale=None,
-                  dropout_p=0.0, seed=None, offset=0):  # fmt: skip
-        if dropout_p > 0.0 and seed is None:
-            seed = _draw_seed(q.device)
-        o = Varlen(
-            cu_seqlens, None if max_seqlen is None else int(max_seqlen), bool(causal),
-            None if softmax_scale is None else float(softmax_scale), float(dropout_p),
-            None if seed is None else int(seed), int(offset), flash,
-        )  # fmt: skip
+    """The Python entry point over the forward op: ``attention(q, k, v, <Varlen options>)``."""
+
+    def attention(q, k, v, *options, **named):
+        o = Varlen(*options, **named).normalized(flash)
+        if o.dropout_p > 0.0 and o.seed is None:
+            o = o._replace(seed=_draw_seed(q.device))
         return _op("varlen_attention_forward")(q, k, v, *o)[0]
 
+    attention.__signature__ = VARLEN_SIGNATURE
     return attention
 
 

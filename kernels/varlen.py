@@ -4,6 +4,7 @@ the custom ops' schema (:data:`SCHEMA`) is derived from it."""
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,15 @@ class Varlen(NamedTuple):
         """The softmax scale for ``head_dim``."""
         return self.softmax_scale if self.softmax_scale is not None else head_dim**-0.5
 
+    def normalized(self, flash: bool) -> Varlen:
+        """These options as the ops' schema types (Python int/float/bool), with ``flash``."""
+        return Varlen(
+            self.cu_seqlens, None if self.max_seqlen is None else int(self.max_seqlen),
+            bool(self.causal), None if self.softmax_scale is None else float(self.softmax_scale),
+            float(self.dropout_p), None if self.seed is None else int(self.seed),
+            int(self.offset), flash,
+        )  # fmt: skip
+
     def longest(self) -> int:
         """``max_seqlen``, or the longest text of ``cu_seqlens`` (a read of the tensor)."""
         if self.max_seqlen is not None:
@@ -45,4 +55,18 @@ _SCHEMA_TYPES = {"torch.Tensor": "Tensor", "int | None": "int?", "float | None":
 SCHEMA = ", ".join(
     f"{_SCHEMA_TYPES[getattr(t, '__forward_arg__', t)]} {name}"
     for name, t in Varlen.__annotations__.items()
+)
+
+# the Python entry points' signature: (q, k, v, cu_seqlens, max_seqlen=None, ..., offset=0)
+SIGNATURE = inspect.Signature(
+    [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("q", "k", "v")]
+    + [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=Varlen._field_defaults.get(name, inspect.Parameter.empty),
+        )
+        for name in Varlen._fields
+        if name != "flash"
+    ]
 )
