@@ -23,7 +23,7 @@ get none. Double backward is not supported.
 
 Each op runs the Triton kernels for CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``),
 the PyTorch code beside each kernel otherwise: :mod:`.attention` (the flash algorithm in PyTorch,
-with the LSE), :mod:`.rms_norm` and :mod:`.rope` (forward and backward), and, for pooling and the
+with the LSE), :mod:`.rms_norm` (forward and backward), :mod:`.rope` (the reference, by minus the angles backward), and, for pooling and the
 gated activation, ``torch.func.vjp`` of the reference (pooling is linear in hidden; the
 activation's derivative needs ``act(gate)``, which the Triton backward recomputes too). Attention
 keeps float32 CUDA tensors on the PyTorch path unless asked for the flash kernel
@@ -58,7 +58,7 @@ from .pooling import (
     segment_pool_ref,
 )
 from .rms_norm import rms_norm_bwd, rms_norm_bwd_torch, rms_norm_fwd, rms_norm_fwd_torch
-from .rope import rope_bwd, rope_bwd_torch, rope_fwd, rope_ref
+from .rope import rope_bwd, rope_fwd, rope_ref
 from .varlen import SCHEMA as VARLEN_SCHEMA
 from .varlen import SIGNATURE as VARLEN_SIGNATURE
 from .varlen import Varlen
@@ -356,9 +356,10 @@ def rms_norm(
 # ---- apply_rope ----------------------------------------------------------------------------
 
 
-def _rotation(triton_fn, torch_fn):
-    """The body of both RoPE ops (the backward is the rotation by -angle): new contiguous
-    tensors from the Triton launcher or the PyTorch code."""
+def _rotation(triton_fn, sign: float):
+    """The body of both RoPE ops, new contiguous tensors: the forward rotates by the positions'
+    angles (``sign`` 1), the backward by minus them (``sign`` -1: the transposed rotation; on
+    the PyTorch path the reference with negated frequencies, which negates sin only)."""
 
     def rotate(
         a: torch.Tensor,
@@ -367,8 +368,10 @@ def _rotation(triton_fn, torch_fn):
         inv_freq: torch.Tensor,
         attention_scaling: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        fn = triton_fn if use_triton(a, b) else torch_fn
-        a, b = fn(a, b, position_ids, inv_freq, attention_scaling)
+        if use_triton(a, b):
+            a, b = triton_fn(a, b, position_ids, inv_freq, attention_scaling)
+        else:
+            a, b = rope_ref(a, b, position_ids, inv_freq * sign, attention_scaling)
         return a.contiguous(), b.contiguous()
 
     return rotate
@@ -394,7 +397,7 @@ def _rope_autograd_bwd(ctx, dqo, dko):
 
 
 _define(
-    "apply_rope", _rotation(rope_fwd, rope_ref), _rope_fake, _rotation(rope_bwd, rope_bwd_torch),
+    "apply_rope", _rotation(rope_fwd, 1.0), _rope_fake, _rotation(rope_bwd, -1.0),
     _rope_fake, _rope_setup, _rope_autograd_bwd,
 )  # fmt: skip
 

@@ -30,7 +30,7 @@ if HAVE_TRITON:
 else:  # pragma: no cover - the PyTorch reference still works
     triton = None
 
-__all__ = ["rope_bwd", "rope_bwd_torch", "rope_fwd", "rope_ref"]
+__all__ = ["rope_bwd", "rope_fwd", "rope_ref"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -53,19 +53,6 @@ def rope_ref(
     cq, sq = cos.to(q.dtype), sin.to(q.dtype)
     ck, sk = cos.to(k.dtype), sin.to(k.dtype)
     return q * cq + _rotate_half(q) * sq, k * ck + _rotate_half(k) * sk
-
-
-def rope_bwd_torch(
-    dq_out: torch.Tensor,
-    dk_out: torch.Tensor,
-    position_ids: torch.Tensor,
-    inv_freq: torch.Tensor,
-    attention_scaling: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch backward of :func:`rope_ref`: the transposed rotation (by ``-angle``),
-    ``dx = dy * cos - rotate_half(dy) * sin``."""
-    dq, dk = rope_ref(dq_out, dk_out, position_ids, -inv_freq, attention_scaling)
-    return dq, dk
 
 
 def _config(n_q_heads: int, n_kv_heads: int, head_dim: int) -> dict:
