@@ -129,15 +129,25 @@ def varlen_attention_sdpa(
     return out if out is not None else torch.empty_like(q)
 
 
-def _length_groups(cu_seqlens: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    """Row indices ``[B, n]`` of the texts of each length n > 0, shortest first."""
+# score elements one batched computation of the PyTorch flash path may hold (256 MiB in float32)
+_SCORES_PER_GROUP = 1 << 26
+
+
+def _length_groups(
+    cu_seqlens: torch.Tensor, heads: int, device: torch.device
+) -> list[torch.Tensor]:
+    """Row indices ``[B, n]`` of texts of length n > 0, shortest first, as many texts of one
+    length in a group as keep its ``[B, heads, n, n]`` scores under ``_SCORES_PER_GROUP``."""
     by_len: dict[int, list[int]] = {}
     for s, e in _segments(cu_seqlens):
         by_len.setdefault(e - s, []).append(s)
-    return [
-        torch.as_tensor(by_len[n], device=device)[:, None] + torch.arange(n, device=device)
-        for n in sorted(by_len)
-    ]
+    groups = []
+    for n in sorted(by_len):
+        step = max(1, _SCORES_PER_GROUP // (heads * n * n))
+        for i in range(0, len(by_len[n]), step):
+            starts = torch.as_tensor(by_len[n][i : i + step], device=device)
+            groups.append(starts[:, None] + torch.arange(n, device=device))
+    return groups
 
 
 class _Texts:
@@ -192,7 +202,7 @@ def varlen_attention_fwd_torch(
     ct = torch.promote_types(q.dtype, torch.float32)
     out = torch.zeros_like(q)
     lse = q.new_zeros((q.shape[1], q.shape[0]), dtype=ct)
-    groups = _length_groups(opts.cu_seqlens, q.device)
+    groups = _length_groups(opts.cu_seqlens, q.shape[1], q.device)
     shapes = [(i.shape[0], q.shape[1], i.shape[1], i.shape[1]) for i in groups]
     for idx, z in zip(groups, _dropout_scales(shapes, q.device, ct, p, opts.seed, opts.offset)):
         t = _Texts(idx, q, k, v, scale, causal)
@@ -221,7 +231,7 @@ def varlen_attention_bwd_torch(
     scale, causal = opts.scale(q.shape[-1]), opts.causal
     ct = torch.promote_types(q.dtype, torch.float32)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    groups = _length_groups(opts.cu_seqlens, q.device)
+    groups = _length_groups(opts.cu_seqlens, q.shape[1], q.device)
     shapes = [(i.shape[0], q.shape[1], i.shape[1], i.shape[1]) for i in groups]
     for idx, z in zip(groups, _dropout_scales(shapes, q.device, ct, p, opts.seed, opts.offset)):
         t = _Texts(idx, q, k, v, scale, causal)
