@@ -1,6 +1,6 @@
 """Launch helpers shared by every Triton kernel: when to use Triton, block sizes, contiguity.
 
-One module, so no kernel file carries its own copy (STYLE.md, habit 2).
+One module, so no kernel file carries its own copy.
 """
 
 from __future__ import annotations

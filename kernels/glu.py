@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ._launch import HAVE_TRITON, next_pow2, use_triton
+from ._launch import HAVE_TRITON, next_pow2
 
 if HAVE_TRITON:
     import triton
@@ -27,7 +27,7 @@ if HAVE_TRITON:
 else:  # pragma: no cover - the PyTorch reference still works
     triton = None
 
-__all__ = ["ACTIVATIONS", "gated_act", "gated_act_bwd", "gated_act_fwd", "gated_act_ref"]
+__all__ = ["ACTIVATIONS", "gated_act_bwd", "gated_act_fwd", "gated_act_ref"]
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 _ACT_ID = {name: i for i, name in enumerate(ACTIVATIONS)}
@@ -163,34 +163,6 @@ def gated_act_bwd(
             n_cols, ACT=act, BLOCK=cfg["BLOCK"], num_warps=cfg["num_warps"],
         )  # fmt: skip
     return dg.reshape(shape), du.reshape(shape)
-
-
-class GatedActFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels (differentiable in gate and up)."""
-
-    @staticmethod
-    def forward(ctx, gate, up, activation):
-        ctx.save_for_backward(gate, up)
-        ctx.activation = activation
-        return gated_act_fwd(gate, up, activation)
-
-    @staticmethod
-    def backward(ctx, dy):
-        gate, up = ctx.saved_tensors
-        dg, du = gated_act_bwd(dy, gate, up, ctx.activation)
-        return dg, du, None
-
-
-def gated_act(gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
-    """``act(gate) * up`` for gate, up ``[..., I]`` -> ``[..., I]``; activation ``"silu"`` or
-    ``"gelu_tanh"``.
-
-    Triton for CUDA tensors (or under ``TRITON_INTERPRET=1``), the PyTorch reference otherwise.
-    Differentiable in gate and up.
-    """
-    if not use_triton(gate, up):
-        return gated_act_ref(gate, up, activation)
-    return GatedActFunction.apply(gate, up, activation)
 
 
 def _sm90_configs(

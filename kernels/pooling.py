@@ -38,8 +38,8 @@ if HAVE_TRITON:
 else:  # pragma: no cover - the PyTorch reference still works
     triton = None
 
-__all__ = ["POOLING_MODES", "segment_pool_bwd", "segment_pool_fwd", "segment_pool_ref",
-           "segment_pool_triton"]  # fmt: skip
+__all__ = ["POOLING_MODES", "mask_bytes", "segment_pool_bwd", "segment_pool_fwd",
+           "segment_pool_prepare", "segment_pool_ref"]  # fmt: skip
 
 POOLING_MODES = ("mean", "weighted_mean", "last_token", "bos_token")
 _MODE_ID = {name: i for i, name in enumerate(POOLING_MODES)}  # the kernels' MODE constexpr
@@ -244,7 +244,7 @@ def _check(hidden: torch.Tensor, pool_mask: torch.Tensor, mode: str) -> None:
         raise ValueError(f"pool_mask must be [{hidden.shape[0]}]; got {tuple(pool_mask.shape)}")
 
 
-def _mask_bytes(pool_mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+def mask_bytes(pool_mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     """pool_mask as a contiguous uint8 [T] on ``device`` (a bool mask is viewed, not copied)."""
     m = pool_mask.to(device)
     if m.dtype not in (torch.bool, torch.uint8):
@@ -302,35 +302,15 @@ def segment_pool_bwd(
     return dh
 
 
-class SegmentPoolFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels; hidden ``[T, H]``, cu_seqlens int32 ``[n + 1]``,
-    mask_u8 uint8 ``[T]`` (all on hidden's device)."""
-
-    @staticmethod
-    def forward(ctx, hidden, cu_seqlens, mask_u8, mode):
-        out, aux = segment_pool_fwd(hidden, cu_seqlens, mask_u8, mode)
-        ctx.save_for_backward(aux, cu_seqlens, mask_u8)
-        ctx.mode, ctx.n_tokens, ctx.dtype = mode, hidden.shape[0], hidden.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, d_out):
-        aux, cu_seqlens, mask_u8 = ctx.saved_tensors
-        dh = segment_pool_bwd(d_out, aux, cu_seqlens, mask_u8, ctx.mode, ctx.n_tokens, ctx.dtype)
-        return dh, None, None, None
-
-
-def segment_pool_triton(
+def segment_pool_prepare(
     hidden: torch.Tensor, cu_seqlens: torch.Tensor, pool_mask: torch.Tensor, mode: str
-) -> torch.Tensor:
-    """The Triton path of :func:`llm2vec_fast.kernels.segment_pool`, same semantics and errors as
-    :func:`segment_pool_ref`: hidden ``[T, H]`` any float dtype, cu_seqlens ``[n + 1]`` (0 .. T),
-    pool_mask ``[T]`` bool (or uint8) -> ``[n, H]`` float32 (float64 for float64 input).
-    Differentiable in hidden; ``last_token`` and ``bos_token`` synchronise with the host once to
-    raise their errors before launching."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path's checks (the errors of :func:`segment_pool_ref`) and inputs: (cu_seqlens
+    int32, pool_mask uint8) on hidden's device. ``last_token`` and ``bos_token`` synchronise with
+    the host once to raise their errors before launching."""
     _check(hidden, pool_mask, mode)
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.int32)
-    mask = _mask_bytes(pool_mask, hidden.device)
+    mask = mask_bytes(pool_mask, hidden.device)
     if mode == "last_token" and bool((cu[1:] == cu[:-1]).any()):
         raise ValueError("last_token pooling needs every text to have at least one token")
     if mode == "bos_token":
@@ -342,7 +322,7 @@ def segment_pool_triton(
                 f"bos_token pooling: text {bad} of the batch contains no BOS token "
                 "(does the tokenizer add one?)"
             )
-    return SegmentPoolFunction.apply(hidden, cu, mask, mode)
+    return cu, mask
 
 
 def _sm90_configs(

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ._launch import HAVE_TRITON, contiguous, next_pow2, num_warps_for, use_triton
+from ._launch import HAVE_TRITON, contiguous, next_pow2, num_warps_for
 
 if HAVE_TRITON:
     import triton
@@ -27,19 +27,21 @@ if HAVE_TRITON:
 else:  # pragma: no cover - the PyTorch reference still works
     triton = None
 
-__all__ = ["rms_norm", "rms_norm_bwd", "rms_norm_fwd", "rms_norm_ref"]
+__all__ = [
+    "rms_norm_bwd",
+    "rms_norm_bwd_torch",
+    "rms_norm_fwd",
+    "rms_norm_fwd_torch",
+    "rms_norm_ref",
+]
 
 
 def rms_norm_ref(
     x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False
 ) -> torch.Tensor:
-    """PyTorch reference, the same math as ``model.RMSNorm`` (float64 input stays float64)."""
-    dtype = x.dtype
-    h = x.to(torch.promote_types(dtype, torch.float32))
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    if gemma:
-        return (h * (1.0 + weight.to(h.dtype))).to(dtype)
-    return weight * h.to(dtype)
+    """PyTorch reference, the same math as ``model.RMSNorm`` (float64 input stays float64);
+    differentiable: x ``[..., H]`` -> ``[..., H]``."""
+    return rms_norm_fwd_torch(x, weight, eps, gemma)[0]
 
 
 def _config(n_cols: int) -> dict:
@@ -184,36 +186,38 @@ def rms_norm_bwd(
     return dx, dw_partial.sum(0).to(weight.dtype)
 
 
-class RMSNormFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels; x ``[T, H]``, weight ``[H]``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps, gemma):
-        y, rstd = rms_norm_fwd(x, weight, eps, gemma)
-        ctx.save_for_backward(x, weight, rstd)
-        ctx.gemma = gemma
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, rstd = ctx.saved_tensors
-        dx, dw = rms_norm_bwd(dy, x, weight, rstd, ctx.gemma)
-        return dx, dw, None, None
-
-
-def rms_norm(
+def rms_norm_fwd_torch(
     x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False
-) -> torch.Tensor:
-    """RMSNorm of each row: x ``[..., H]``, weight ``[H]`` -> ``[..., H]`` (see module doc).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch forward: x ``[..., H]`` -> (y ``[..., H]``, rstd ``[...]`` float32, float64 for
+    float64 x). Llama: ``weight * (x * rstd).to(x.dtype)``; Gemma: ``(x * rstd * (1 + weight))``
+    in float32, then cast."""
+    h = x.to(torch.promote_types(x.dtype, torch.float32))
+    rstd = torch.rsqrt(h.pow(2).mean(-1) + eps)
+    n = h * rstd[..., None]
+    if gemma:
+        return (n * (1.0 + weight.to(h.dtype))).to(x.dtype), rstd
+    return weight * n.to(x.dtype), rstd
 
-    Triton for CUDA tensors (or under ``TRITON_INTERPRET=1``), the PyTorch reference otherwise.
-    Differentiable in x and weight.
-    """
-    if not use_triton(x, weight):
-        return rms_norm_ref(x, weight, eps, gemma)
-    shape = x.shape
-    y = RMSNormFunction.apply(x.reshape(-1, shape[-1]), weight, float(eps), bool(gemma))
-    return y.reshape(shape)
+
+def rms_norm_bwd_torch(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    rstd: torch.Tensor,
+    gemma: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch backward from the forward's ``rstd``, the math of the Triton backward:
+    (dx ``[T, H]`` x.dtype, dweight ``[H]`` weight.dtype)."""
+    ct = rstd.dtype
+    n = x.to(ct) * rstd[:, None]
+    g = dy.to(ct)
+    if gemma:
+        dw, dn = (g * n).sum(0), g * (1.0 + weight.to(ct))
+    else:
+        dw, dn = (g * n.to(x.dtype).to(ct)).sum(0), g * weight.to(ct)
+    dx = rstd[:, None] * (dn - n * (dn * n).mean(-1, keepdim=True))
+    return dx.to(x.dtype), dw.to(weight.dtype)
 
 
 def _sm90_configs(

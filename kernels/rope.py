@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ._launch import HAVE_TRITON, next_pow2, num_warps_for, use_triton
+from ._launch import HAVE_TRITON, next_pow2, num_warps_for
 
 if HAVE_TRITON:
     import triton
@@ -30,7 +30,7 @@ if HAVE_TRITON:
 else:  # pragma: no cover - the PyTorch reference still works
     triton = None
 
-__all__ = ["apply_rope", "rope_bwd", "rope_fwd", "rope_ref"]
+__all__ = ["rope_bwd", "rope_fwd", "rope_ref"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -184,41 +184,6 @@ def rope_fwd(q, k, position_ids, inv_freq, attention_scaling=1.0):
 def rope_bwd(dq_out, dk_out, position_ids, inv_freq, attention_scaling=1.0):
     """Triton backward: (dq_out, dk_out) -> (dq, dk), the rotation by ``-angle``."""
     return _launch(_rope_bwd_kernel, dq_out, dk_out, position_ids, inv_freq, attention_scaling)
-
-
-class RopeFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels (differentiable in q and k)."""
-
-    @staticmethod
-    def forward(ctx, q, k, position_ids, inv_freq, attention_scaling):
-        qo, ko = rope_fwd(q, k, position_ids, inv_freq, attention_scaling)
-        ctx.save_for_backward(position_ids, inv_freq)
-        ctx.attention_scaling = attention_scaling
-        return qo, ko
-
-    @staticmethod
-    def backward(ctx, dqo, dko):
-        position_ids, inv_freq = ctx.saved_tensors
-        dq, dk = rope_bwd(dqo, dko, position_ids, inv_freq, ctx.attention_scaling)
-        return dq, dk, None, None, None
-
-
-def apply_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    position_ids: torch.Tensor,
-    inv_freq: torch.Tensor,
-    attention_scaling: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q ``[T, Hq, D]`` and k ``[T, Hkv, D]`` by their tokens' positions (``[T]`` int);
-    inv_freq ``[D/2]`` float32. Returns new (q_out, k_out) in q's and k's dtypes.
-
-    Triton for CUDA tensors (or under ``TRITON_INTERPRET=1``), the PyTorch reference otherwise.
-    Differentiable in q and k.
-    """
-    if not use_triton(q, k):
-        return rope_ref(q, k, position_ids, inv_freq, attention_scaling)
-    return RopeFunction.apply(q, k, position_ids, inv_freq, float(attention_scaling))
 
 
 def _sm90_configs(

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llm2vec_fast.model import EncoderModel, _rope_tables
+from llm2vec_fast.model import EncoderModel, rope_tables
 
 SAFE_INDEX = "model.safetensors.index.json"
 # Bump when the files gguf_to_safetensors writes change, so stale caches are rebuilt.
@@ -129,7 +129,7 @@ def build_encoder(
                 f"{source}: weight {name} has shape {tuple(t.shape)}, the config implies {tuple(p.shape)}"
             )
     model.load_state_dict({k: state[k].to(dtype) for k in expected}, strict=False, assign=True)
-    inv_freq, _ = _rope_tables(hf_config)
+    inv_freq, _ = rope_tables(hf_config)
     model.inv_freq = inv_freq
     return model.eval()
 

@@ -1,7 +1,7 @@
 """Writing checkpoints that both transformers 5.x (ours) and the official llm2vec stack
 (transformers 4.44, tokenizers 0.19) read the same way.
 
-Each rule here was found the hard way (see ENVIRONMENT-NOTES.md):
+Each rule here was found the hard way:
 
 - config.json: 5.x writes rope settings as ``rope_parameters``; 4.44 reads ``rope_theta`` (and
   ``rope_scaling``) and silently falls back to 10000 without it, so both are written.

@@ -2,7 +2,9 @@
 
 One batch is ``input_ids [T]`` (all texts back to back), ``cu_seqlens [n+1]`` (text
 boundaries), ``position_ids [T]`` (0..len-1 inside each text) and ``max_seqlen``; every layer
-works on ``[T, hidden]`` and attention is the only place that sees the boundaries.
+works on ``[T, hidden]`` and attention is the only place that sees the boundaries. Tensors in,
+tensors out: the backend (torch's ops or our kernels) is chosen when the model is built, or
+switched by setting :attr:`EncoderModel.attn_implementation`, never passed to ``forward``.
 
 Module and parameter names follow HF's base models (``embed_tokens``, ``layers.N.self_attn.q_proj``,
 ``layers.N.mlp.gate_proj``, ``norm``), so HF checkpoints and PEFT adapters load by name.
@@ -30,6 +32,11 @@ from llm2vec_fast.kernels import (
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "triton")
+_ATTENTION = {
+    "eager": varlen_attention_ref,
+    "sdpa": varlen_attention_sdpa,
+    "triton": varlen_attention,
+}
 # our activation names -> the gated-activation kernel's (absent: no kernel, torch runs it)
 _KERNEL_ACT = {
     "silu": "silu",
@@ -107,9 +114,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.gemma = gemma
         self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
+        self.kernel = False  # our RMSNorm kernel (set by EncoderModel.attn_implementation)
 
-    def forward(self, x: torch.Tensor, impl: str = "sdpa") -> torch.Tensor:
-        if impl == "triton":
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel:
             return rms_norm(x, self.weight, self.eps, gemma=self.gemma)
         dtype = x.dtype
         h = x.float()
@@ -125,8 +133,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, causal: bool = False):
         super().__init__()
+        self.causal = causal
+        self.kernels = False  # our RoPE kernel, its rope inputs (set with ``attend``)
+        self.attend = varlen_attention_sdpa
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -136,24 +147,18 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl, dropout_p=0.0):
+    def forward(self, x, rope, cu_seqlens, max_seqlen, dropout_p=0.0):
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        if (
-            impl == "triton"
-        ):  # cos/sin computed in the kernel from (position_ids, inv_freq, scaling)
+        if self.kernels:  # cos/sin computed in the kernel from (position_ids, inv_freq, scaling)
             q, k = apply_rope(q, k, *rope)
-            o = varlen_attention(
-                q, k, v, cu_seqlens, max_seqlen, causal=causal, dropout_p=dropout_p
-            )
         else:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            attn = varlen_attention_ref if impl == "eager" else varlen_attention_sdpa
-            o = attn(q, k, v, cu_seqlens, max_seqlen, causal=causal, dropout_p=dropout_p)
+        o = self.attend(q, k, v, cu_seqlens, max_seqlen, causal=self.causal, dropout_p=dropout_p)
         return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
 
 
@@ -166,10 +171,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
         self.act = _ACTIVATIONS[cfg.hidden_act]
         self.kernel_act = _KERNEL_ACT.get(cfg.hidden_act)
+        self.kernel = False  # our gated-activation kernel (set by EncoderModel.attn_implementation)
 
-    def forward(self, x, impl: str = "sdpa"):
+    def forward(self, x):
         gate, up = self.gate_proj(x), self.up_proj(x)
-        if impl == "triton" and self.kernel_act is not None:
+        if self.kernel and self.kernel_act is not None:
             return self.down_proj(gated_act(gate, up, self.kernel_act))
         if torch.is_grad_enabled():
             return self.down_proj(self.act(gate) * up)
@@ -179,21 +185,21 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, causal: bool = False):
         super().__init__()
         gemma = cfg.family == "gemma"
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, causal)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, gemma)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen, causal, impl, dropout_p=0.0):
-        h = self.input_layernorm(x, impl)
-        x = x + self.self_attn(h, rope, cu_seqlens, max_seqlen, causal, impl, dropout_p)
-        return x + self.mlp(self.post_attention_layernorm(x, impl), impl)
+    def forward(self, x, rope, cu_seqlens, max_seqlen, dropout_p=0.0):
+        h = self.input_layernorm(x)
+        x = x + self.self_attn(h, rope, cu_seqlens, max_seqlen, dropout_p)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _rope_tables(hf_config) -> tuple[torch.Tensor, float]:
+def rope_tables(hf_config) -> tuple[torch.Tensor, float]:
     """inverse frequencies and attention scaling, computed by transformers' own rope code
     for the config's rope type (default, llama3, linear, dynamic ...)."""
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -221,12 +227,11 @@ class EncoderModel(nn.Module):
         cfg = EncoderConfig.from_hf(hf_config)
         self.cfg = cfg
         self.config = hf_config
-        self.causal = causal
-        self.attn_implementation = attn_implementation
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, causal) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family == "gemma")
-        inv_freq, scaling = _rope_tables(hf_config)
+        self.attn_implementation = attn_implementation
+        inv_freq, scaling = rope_tables(hf_config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.attention_scaling = scaling
         self.embed_scale = cfg.hidden_size**0.5 if cfg.family == "gemma" else None
@@ -234,16 +239,33 @@ class EncoderModel(nn.Module):
         self.gradient_checkpointing = False
 
     @property
+    def causal(self) -> bool:
+        """Whether each token sees only the tokens before it (False: LLM2Vec's bidirectional)."""
+        return self.layers[0].self_attn.causal if len(self.layers) else False
+
+    @causal.setter
+    def causal(self, value: bool) -> None:
+        for layer in self.layers:
+            layer.self_attn.causal = bool(value)
+
+    @property
     def attn_implementation(self) -> str:
         return self._attn_implementation
 
     @attn_implementation.setter
     def attn_implementation(self, value: str) -> None:
+        """Switch the backend: every submodule takes its ops from it (torch's, or our kernels)."""
         if value not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
                 f"unknown attn_implementation {value!r}; expected one of {ATTN_IMPLEMENTATIONS}"
             )
         self._attn_implementation = value
+        kernels = value == "triton"
+        for m in self.modules():
+            if isinstance(m, (RMSNorm, MLP)):
+                m.kernel = kernels
+            elif isinstance(m, Attention):
+                m.kernels, m.attend = kernels, _ATTENTION[value]
 
     def rope(self, position_ids: torch.Tensor, dtype: torch.dtype):
         """cos/sin ``[T, 1, head_dim]`` for ``position_ids [T]``, as HF computes them."""
@@ -265,17 +287,16 @@ class EncoderModel(nn.Module):
         x = self.embed_tokens(input_ids)
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        impl = self._attn_implementation
-        if impl == "triton":
+        if self._attn_implementation == "triton":
             rope = (position_ids, self.inv_freq, self.attention_scaling)
         else:
             rope = self.rope(position_ids, x.dtype)
         dropout_p = self.attention_dropout if self.training else 0.0
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            args = (x, rope, cu_seqlens, max_seqlen, self.causal, impl, dropout_p)
+            args = (x, rope, cu_seqlens, max_seqlen, dropout_p)
             if checkpoint:
                 x = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
             else:
                 x = layer(*args)
-        return self.norm(x, impl)
+        return self.norm(x)

@@ -1,8 +1,10 @@
 """The kernels as torch custom ops (``llm2vec_fast.kernels.ops``), on the CPU.
 
-Each op passes ``torch.library.opcheck`` (schema, fake tensor, autograd registration, AOT
-dispatch), gives the plain dispatcher's output and gradients, and runs inside a function
-compiled with ``fullgraph=True`` (backend ``aot_eager``: no C compiler needed).
+Each forward op passes ``torch.library.opcheck`` (schema, fake tensor, autograd registration,
+AOT dispatch), gives the PyTorch reference's output and gradients (what the CPU ran before the
+ops were the only path), and runs inside a function compiled with ``fullgraph=True`` (backend
+``aot_eager``: no C compiler needed). The kernel modules import nothing of llm2vec_fast but
+themselves.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch.testing import assert_close
 
 from llm2vec_fast import kernels
 from llm2vec_fast.kernels import ops
+from llm2vec_fast.kernels.pooling import segment_pool_ref
 
 LENGTHS = [7, 1, 0, 13, 4]  # odd lengths, one text of one token, one empty text
 
@@ -66,16 +69,25 @@ def test_varlen_attention_opcheck(causal, groups):
     q, k, v, cu, mx = _attention_inputs(hq=4, hkv=4 // groups)
     for t in (q, k, v):
         t.requires_grad_(True)
-    _opcheck(torch.ops.llm2vec_fast.varlen_attention.default, (q, k, v, cu, mx, causal, None))
-    _opcheck(torch.ops.llm2vec_fast.varlen_attention.default, (q, k, v, cu, None, causal, 0.3))
+    op = torch.ops.llm2vec_fast.varlen_attention_forward.default
+    _opcheck(op, (q, k, v, cu, mx, causal, None, 0.0, None, 0, False))
+    _opcheck(op, (q, k, v, cu, None, causal, 0.3, 0.0, None, 0, False))
+    _opcheck(op, (q, k, v, cu, mx, causal, 0.3, 0.2, 5, 1, False))  # dropout
+    # the backward op (not differentiable itself) on the forward's own outputs
+    q, k, v = (t.detach() for t in (q, k, v))
+    out, lse = op(q, k, v, cu, mx, causal, None, 0.2, 5, 1, False)
+    _opcheck(
+        torch.ops.llm2vec_fast.varlen_attention_backward.default,
+        (torch.randn_like(out), q, k, v, out, lse, cu, mx, causal, None, 0.2, 5, 1, False),
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_varlen_attention_matches_dispatcher(causal):
+def test_varlen_attention_matches_reference(causal):
     torch.manual_seed(1)
     q, k, v, cu, mx = _attention_inputs(hq=6, hkv=2, d=24)
     out, grads = _grads(ops.varlen_attention, [q, k, v], cu, mx, causal)
-    ref_out, ref_grads = _grads(kernels.varlen_attention, [q, k, v], cu, mx, causal)
+    ref_out, ref_grads = _grads(kernels.varlen_attention_sdpa, [q, k, v], cu, mx, causal)
     assert_close(out[0], ref_out[0])
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert_close(g, r, msg=lambda m, name=name: f"{name}: {m}")
@@ -108,15 +120,15 @@ def test_segment_pool_opcheck(mode):
     torch.manual_seed(3)
     hidden, cu, mask = _pool_inputs()
     hidden.requires_grad_(True)
-    _opcheck(torch.ops.llm2vec_fast.segment_pool.default, (hidden, cu, mask, mode))
+    _opcheck(torch.ops.llm2vec_fast.segment_pool_forward.default, (hidden, cu, mask, mode))
 
 
 @pytest.mark.parametrize("mode", kernels.POOLING_MODES)
-def test_segment_pool_matches_dispatcher(mode):
+def test_segment_pool_matches_reference(mode):
     torch.manual_seed(4)
     hidden, cu, mask = _pool_inputs()
     out, (g,) = _grads(ops.segment_pool, [hidden], cu, mask, mode)
-    ref_out, (r,) = _grads(kernels.segment_pool, [hidden], cu, mask, mode)
+    ref_out, (r,) = _grads(segment_pool_ref, [hidden], cu, mask, mode)
     assert out[0].dtype == torch.float32 and out[0].shape == (cu.numel() - 1, hidden.shape[1])
     assert_close(out[0], ref_out[0])
     assert_close(g, r)
@@ -160,11 +172,11 @@ def test_rms_norm_op(gemma):
     torch.manual_seed(6)
     x, w = torch.randn(11, 3, 24), torch.randn(24)
     _opcheck(
-        torch.ops.llm2vec_fast.rms_norm.default,
+        torch.ops.llm2vec_fast.rms_norm_forward.default,
         (x.requires_grad_(True), w.requires_grad_(True), 1e-6, gemma),
     )
     out, grads = _grads(ops.rms_norm, [x, w], 1e-6, gemma)
-    ref_out, ref_grads = _grads(kernels.rms_norm, [x, w], 1e-6, gemma)
+    ref_out, ref_grads = _grads(kernels.rms_norm_ref, [x, w], 1e-6, gemma)
     assert_close(out[0], ref_out[0])
     for g, r in zip(grads, ref_grads):
         assert_close(g, r)
@@ -174,11 +186,11 @@ def test_apply_rope_op():
     torch.manual_seed(7)
     q, k, pos, inv_freq = _rope_inputs()
     _opcheck(
-        torch.ops.llm2vec_fast.apply_rope.default,
+        torch.ops.llm2vec_fast.apply_rope_forward.default,
         (q.requires_grad_(True), k.requires_grad_(True), pos, inv_freq, 1.0),
     )
     out, grads = _grads(ops.apply_rope, [q, k], pos, inv_freq, 0.9)
-    ref_out, ref_grads = _grads(kernels.apply_rope, [q, k], pos, inv_freq, 0.9)
+    ref_out, ref_grads = _grads(kernels.rope_ref, [q, k], pos, inv_freq, 0.9)
     for o, r in zip(out + grads, ref_out + ref_grads):
         assert_close(o, r)
     # only one output in the loss: the other's gradient arrives as None
@@ -193,11 +205,11 @@ def test_gated_act_op(activation):
     torch.manual_seed(8)
     gate, up = torch.randn(9, 37), torch.randn(9, 37)
     _opcheck(
-        torch.ops.llm2vec_fast.gated_act.default,
+        torch.ops.llm2vec_fast.gated_act_forward.default,
         (gate.requires_grad_(True), up.requires_grad_(True), activation),
     )
     out, grads = _grads(ops.gated_act, [gate, up], activation)
-    ref_out, ref_grads = _grads(kernels.gated_act, [gate, up], activation)
+    ref_out, ref_grads = _grads(kernels.gated_act_ref, [gate, up], activation)
     for o, r in zip(out + grads, ref_out + ref_grads):
         assert_close(o, r)
 
@@ -232,7 +244,7 @@ def test_second_import_reuses_the_ops(monkeypatch):
     second = "_llm2vec_fast_kernels_second_copy"
     package = types.ModuleType(second)
     package.__path__ = [str(pathlib.Path(ops.__file__).resolve().parent)]
-    names = [f"llm2vec_fast::{n}" for n in ops.__all__]
+    names = [f"llm2vec_fast::{n}_{part}" for n in ops.OPS for part in ("forward", "backward")]
     before = {n: custom_ops.OPDEFS.get(n) for n in names}
     monkeypatch.setitem(sys.modules, second, package)
     try:
@@ -246,3 +258,31 @@ def test_second_import_reuses_the_ops(monkeypatch):
     finally:
         for name in [n for n in sys.modules if n.startswith(second + ".")]:
             del sys.modules[name]
+
+
+# ---- layering -------------------------------------------------------------------------------
+
+
+def test_kernel_modules_import_only_torch_triton_and_themselves():
+    """kernels/*.py (the ops layer) import torch, triton, the standard library and each other
+    (relative imports), never the rest of llm2vec_fast: no import loop through the package."""
+    import ast
+    import pathlib
+    import sys
+
+    folder = pathlib.Path(ops.__file__).resolve().parent
+    files = sorted(folder.glob("*.py"))
+    assert len(files) >= 10, files
+    allowed = {"torch", "triton"} | set(sys.stdlib_module_names)
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:  # relative imports: the kernel modules themselves
+                continue
+            bad += [f"{path.name}:{node.lineno} imports {n}" for n in names
+                    if n.split(".")[0] not in allowed]  # fmt: skip
+    assert not bad, "kernels/ must import only torch, triton and itself:\n" + "\n".join(bad)

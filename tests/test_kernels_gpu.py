@@ -190,8 +190,8 @@ def test_flash_varlen_writes_every_row_and_strided_views():
 
 
 def test_custom_op_on_cuda_matches_dispatcher():
-    """``torch.ops.llm2vec_fast.varlen_attention`` on CUDA runs the Triton path: same output
-    and gradients as the autograd.Function, also inside ``torch.compile(fullgraph=True)``."""
+    """``ops.varlen_attention`` on bf16 CUDA tensors runs the Triton path: the same output and
+    gradients as :func:`flash_varlen_attention`, also inside ``torch.compile(fullgraph=True)``."""
     from llm2vec_fast.kernels import ops
 
     q, k, v, do, cu, mx = _attention_case(torch.bfloat16, 32, 8, 128, mixed_lengths(seed=5), 5)
@@ -207,8 +207,10 @@ def test_custom_op_on_cuda_matches_dispatcher():
 
 
 def test_segment_pool_custom_op_on_cuda_matches_dispatcher():
-    """``torch.ops.llm2vec_fast.segment_pool`` on CUDA: the Triton kernels' output and gradient."""
+    """``ops.segment_pool`` on CUDA: the Triton kernels' output and gradient, as the package's
+    entry point and as the launchers called by hand (forward's aux into the backward)."""
     from llm2vec_fast.kernels import ops
+    from llm2vec_fast.kernels.pooling import mask_bytes, segment_pool_bwd, segment_pool_fwd
 
     lengths = [n for n in mixed_lengths(seed=8) if n]
     cu, total = _cu(lengths), sum(lengths)
@@ -222,6 +224,11 @@ def test_segment_pool_custom_op_on_cuda_matches_dispatcher():
         ref, ref_grads = _fwd_bwd(segment_pool, (hidden,), dout, cu, mask, mode)
         torch.testing.assert_close(out, ref, atol=0, rtol=0)
         torch.testing.assert_close(grads[0], ref_grads[0], atol=0, rtol=0)
+        mask_u8 = mask_bytes(mask, hidden.device)
+        launched, aux = segment_pool_fwd(hidden, cu, mask_u8, mode)
+        d_hidden = segment_pool_bwd(dout, aux, cu, mask_u8, mode, total, hidden.dtype)
+        torch.testing.assert_close(out, launched, atol=0, rtol=0)
+        torch.testing.assert_close(grads[0], d_hidden, atol=0, rtol=0)
 
 
 # ---- RMSNorm --------------------------------------------------------------------------------

@@ -33,11 +33,8 @@ import torch.utils.checkpoint  # noqa: E402
 
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
-from llm2vec_fast.kernels import ops  # noqa: E402
-from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
-    flash_varlen_attention,
-    flash_varlen_dropout_mask,
-)
+from llm2vec_fast.kernels import flash_varlen_attention, ops  # noqa: E402
+from llm2vec_fast.kernels.flash_varlen import flash_varlen_dropout_mask  # noqa: E402
 
 DEVICE = "cuda"
 P = 0.3  # SimCSE's attention dropout

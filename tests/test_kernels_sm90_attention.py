@@ -30,6 +30,7 @@ triton = pytest.importorskip("triton")
 
 from llm2vec_fast.kernels import _aot  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen as fv  # noqa: E402
+from llm2vec_fast.kernels import flash_varlen_kernels as fk  # noqa: E402
 
 H100_SHARED_BYTES = 227 * 1024
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -52,7 +53,7 @@ def _signature(kernel: str, dt: str, head_dim: int, causal: bool):
     t = fv.flash_varlen_tiles(head_dim, _TORCH_DTYPES[dt])
     ptr = "*" + dt
     if kernel == "fwd":
-        fn = fv._flash_varlen_fwd_kernel
+        fn = fk.flash_varlen_fwd_kernel
         sig = {n: ptr for n in ("Q", "K", "V", "O")}
         sig |= {"LSE": "*fp32", "CU": "*i32"}
         sig |= _ints("stride_qt stride_qh stride_kt stride_kh stride_vt stride_vh stride_ot")
@@ -63,16 +64,14 @@ def _signature(kernel: str, dt: str, head_dim: int, causal: bool):
         )
         opts = dict(num_warps=t.fwd_warps, num_stages=t.fwd_stages)
     elif kernel == "pre":
-        fn = fv._flash_varlen_bwd_preprocess
+        fn = fk.flash_varlen_bwd_preprocess
         sig = {"O": ptr, "DO": ptr, "DELTA": "*fp32"}
         sig |= _ints("stride_ot stride_oh stride_dot stride_doh total_tokens")
         consts = dict(BLOCK=t.PRE_BLOCK)
         opts = dict(num_warps=4, num_stages=1)
     else:
         grads = ("DK", "DV") if kernel == "dkdv" else ("DQ",)
-        fn = (
-            fv._flash_varlen_bwd_dkdv_kernel if kernel == "dkdv" else fv._flash_varlen_bwd_dq_kernel
-        )
+        fn = fk.flash_varlen_bwd_dkdv_kernel if kernel == "dkdv" else fk.flash_varlen_bwd_dq_kernel
         sig = {n: ptr for n in ("Q", "K", "V", "DO")}
         sig |= {"LSE": "*fp32", "DELTA": "*fp32"}
         sig |= {n: ptr for n in grads}

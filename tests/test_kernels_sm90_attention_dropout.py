@@ -28,6 +28,7 @@ pytest.importorskip("triton")
 
 from llm2vec_fast.kernels import _aot  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen as fv  # noqa: E402
+from llm2vec_fast.kernels import flash_varlen_kernels as fk  # noqa: E402
 
 H100_SHARED_BYTES = 227 * 1024
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -48,15 +49,15 @@ def _signature(kernel: str, dt: str, head_dim: int, causal: bool, dropout: bool)
     and dropout_p float32, the rest int32)."""
     t = fv.flash_varlen_tiles(head_dim, _TORCH_DTYPES[dt], dropout)
     if kernel == "fwd":
-        fn = fv._flash_varlen_fwd_kernel
+        fn = fk.flash_varlen_fwd_kernel
         consts = dict(BLOCK_M=t.BLOCK_M, BLOCK_N=t.BLOCK_N)
         opts = dict(num_warps=t.fwd_warps, num_stages=t.fwd_stages)
     elif kernel == "dkdv":
-        fn = fv._flash_varlen_bwd_dkdv_kernel
+        fn = fk.flash_varlen_bwd_dkdv_kernel
         consts = dict(BLOCK_M1=t.BLOCK_M1, BLOCK_N1=t.BLOCK_N1)
         opts = dict(num_warps=t.dkdv_warps, num_stages=t.bwd_stages)
     else:
-        fn = fv._flash_varlen_bwd_dq_kernel
+        fn = fk.flash_varlen_bwd_dq_kernel
         consts = dict(BLOCK_M2=t.BLOCK_M2, BLOCK_N2=t.BLOCK_N2)
         opts = dict(num_warps=t.dq_warps, num_stages=t.bwd_stages)
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=t.BLOCK_D) | consts
@@ -124,7 +125,7 @@ def test_no_dropout_variant_has_no_philox():
 
 
 def test_compile_dropout_mask_kernel():
-    fn = fv._dropout_mask_kernel
+    fn = fk.dropout_mask_kernel
     consts = dict(BLOCK_M=32, BLOCK_N=32)
     sig = {"MASK": "*i8", "CU": "*i32", "total_tokens": "i32", "max_seqlen": "i32"}
     sig |= {"dropout_p": "fp32", "seed": "i64", "offset": "i32"}

@@ -47,7 +47,7 @@ def test_create_refuses_what_from_pretrained_refuses():
 
 
 def test_from_options_reads_the_command_line_model_options(tmp_path):
-    from llm2vec_fast.cli import add_model_arguments
+    from llm2vec_fast.options import add_model_arguments
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)

@@ -152,7 +152,7 @@ def batches(
 
 @dataclass
 class Packed:
-    """A packed, padding-free training batch (see DESIGN.md)."""
+    """A packed, padding-free training batch (the layout of :class:`llm2vec_fast.packing.PackedBatch`)."""
 
     input_ids: torch.Tensor  # long [T]
     cu_seqlens: torch.Tensor  # int32 [n + 1]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llm2vec_fast.kernels._launch import use_triton
+from llm2vec_fast.kernels import use_triton
 from llm2vec_fast.kernels.cross_entropy import (
     KERNEL_DTYPES,
     cross_entropy_fwd,

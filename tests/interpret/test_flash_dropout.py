@@ -26,15 +26,16 @@ import torch.utils.checkpoint  # noqa: E402
 
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
-from llm2vec_fast.kernels import ops  # noqa: E402
+from llm2vec_fast.kernels import flash_varlen_attention, ops  # noqa: E402
+from llm2vec_fast.kernels.dropout_seeds import philox_key  # noqa: E402
 from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
     FlashTiles,
-    FlashVarlenFunction,
-    _philox_key,
-    flash_varlen_attention,
+    flash_varlen_bwd,
     flash_varlen_dropout_mask,
+    flash_varlen_fwd,
     flash_varlen_tiles,
 )
+from llm2vec_fast.kernels.varlen import Varlen  # noqa: E402
 
 # small tiles with BLOCK_M != BLOCK_N (fwd 32 x 16, dK/dV 16 x 32, dQ 32 x 16): several blocks
 # per text, and a tiling unlike the mask helper's 32 x 32, so a mask that depended on the tiling
@@ -121,17 +122,22 @@ def _case_id(c):
 
 
 def _flash(lengths, causal, scale, tiles, d, p, seed, offset=0):
+    """(out, dq, dk, dv) of the flash kernels for (q, k, v, do)."""
     cu = _cu(lengths)
+    if tiles is None:
+        return lambda q, k, v, do: _run(
+            lambda q, k, v: flash_varlen_attention(
+                q, k, v, cu, max(lengths), causal, scale, p, seed, offset
+            ), q, k, v, do,
+        )  # fmt: skip
 
-    def run(q, k, v):
-        if tiles is None:
-            return flash_varlen_attention(q, k, v, cu, max(lengths), causal, scale, p, seed, offset)
+    def launch(q, k, v, do):  # the launchers take tiles (the custom ops use the table's)
         t = dataclasses.replace(tiles, BLOCK_D=flash_varlen_tiles(d).BLOCK_D)
-        return FlashVarlenFunction.apply(
-            q, k, v, cu, max(lengths), causal, scale, t, p, seed, offset
-        )
+        opts = Varlen(cu, max(lengths), causal, scale, p, seed, offset)
+        o, lse = flash_varlen_fwd(q, k, v, opts, t)
+        return [o, *flash_varlen_bwd(do, q, k, v, o, lse, opts, t)]
 
-    return run
+    return launch
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
@@ -143,7 +149,7 @@ def test_dropout_matches_float64_with_the_kernels_mask(case, dtype, floor):
     scale = 0.3
     keep = flash_varlen_dropout_mask(_cu(lengths), max(lengths), hq, p, seed=seed, offset=7)
 
-    got = _run(_flash(lengths, causal, scale, tiles, d, p, seed, offset=7), q, k, v, do)
+    got = _flash(lengths, causal, scale, tiles, d, p, seed, offset=7)(q, k, v, do)
     assert got[0].dtype == dtype and got[0].shape == q.shape
 
     def eager(q, k, v):
@@ -209,7 +215,7 @@ def test_mask_is_the_documented_philox_stream():
     keep = flash_varlen_dropout_mask(_cu(lengths), max(lengths), hq, p, seed, offset)
     h, t, j = np.meshgrid(np.arange(hq), np.arange(sum(lengths)), np.arange(max(lengths)),
                           indexing="ij")  # fmt: skip
-    words = _philox4x32(_philox_key(seed), j // 8, t, h, np.full_like(j, offset), rounds=7)
+    words = _philox4x32(philox_key(seed), j // 8, t, h, np.full_like(j, offset), rounds=7)
     w = (j % 8) // 2
     word = np.choose(w, words)
     half = (word >> (16 * (j % 2)).astype(np.uint64)) & np.uint64(0xFFFF)
@@ -395,7 +401,7 @@ def test_dispatcher_routes_dropout_to_the_flash_kernel():
 
 def test_custom_op_carries_dropout():
     """``ops.varlen_attention`` with a seed: the flash kernel's output and gradients (its
-    backward reruns the forward with the same mask); without one it draws a seed per call."""
+    backward regenerates the forward's mask); without one it draws a seed per call."""
     lengths, cu, q, k, v, do = _small_case()
     mx = max(lengths)
     got = _run(lambda q, k, v: ops.varlen_attention(q, k, v, cu, mx, dropout_p=0.3, seed=9),
@@ -411,7 +417,9 @@ def test_custom_op_carries_dropout():
     assert torch.equal(a, ops.varlen_attention(q, k, v, cu, mx, dropout_p=0.3))
     assert not torch.equal(a, b)
     with pytest.raises(ValueError, match="seed"):
-        torch.ops.llm2vec_fast.varlen_attention(q, k, v, cu, mx, False, None, 0.3)
+        torch.ops.llm2vec_fast.varlen_attention_forward(
+            q, k, v, cu, mx, False, None, 0.3, None, 0, False
+        )
 
 
 def test_bad_dropout_arguments():

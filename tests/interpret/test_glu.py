@@ -15,8 +15,9 @@ import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from llm2vec_fast.kernels import gated_act, gated_act_ref  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
-from llm2vec_fast.kernels.glu import ACTIVATIONS, gated_act, gated_act_ref  # noqa: E402
+from llm2vec_fast.kernels.glu import ACTIVATIONS  # noqa: E402
 
 DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
     pytest.param(torch.float32, 1e-5, 1.3e-6, id="fp32"),

@@ -15,12 +15,8 @@ import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from llm2vec_fast.kernels import POOLING_MODES, segment_pool, segment_pool_ref  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
-from llm2vec_fast.kernels.pooling import (  # noqa: E402
-    POOLING_MODES,
-    segment_pool_ref,
-    segment_pool_triton,
-)
 
 DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
     pytest.param(torch.float32, 1e-5, 1.3e-6, id="fp32"),
@@ -68,7 +64,7 @@ def test_segment_pool(mode, h, dtype, atol, rtol):
     d_out = torch.randn(cu.numel() - 1, h)
     assert use_triton(hidden)
 
-    out = _grads(lambda x: segment_pool_triton(x, cu, mask, mode), hidden.to(dtype), d_out)
+    out = _grads(lambda x: segment_pool(x, cu, mask, mode), hidden.to(dtype), d_out)
     ref = _grads(lambda x: segment_pool_ref(x, cu, mask, mode), hidden.to(dtype), d_out)
     ref64 = _grads(lambda x: segment_pool_ref(x, cu, mask, mode), hidden.double(), d_out)
 
@@ -86,9 +82,7 @@ def test_segment_pool_float64_strided_uint8_mask(mode):
     wide = torch.randn(hidden.shape[0], 160, dtype=torch.float64)
     wide[:, :123] = hidden.double()
     d_out = torch.randn(cu.numel() - 1, 123, dtype=torch.float64)
-    out = _grads(
-        lambda x: segment_pool_triton(x[:, :123], cu, mask.to(torch.uint8), mode), wide, d_out
-    )
+    out = _grads(lambda x: segment_pool(x[:, :123], cu, mask.to(torch.uint8), mode), wide, d_out)
     ref = _grads(lambda x: segment_pool_ref(x[:, :123], cu, mask, mode), wide, d_out)
     assert out[0].dtype == torch.float64 and out[1].dtype == torch.float64
     for o, r in zip(out, ref):
@@ -101,9 +95,9 @@ def test_mean_fallback_and_weighted_zeros():
     hidden = torch.arange(12, dtype=torch.float32).reshape(6, 2)
     cu = torch.tensor([0, 2, 6], dtype=torch.int32)
     mask = torch.tensor([False, False, True, False, True, True])
-    mean = segment_pool_triton(hidden, cu, mask, "mean")
+    mean = segment_pool(hidden, cu, mask, "mean")
     assert_close(mean, torch.tensor([[1.0, 2.0], [(4 + 8 + 10) / 3, (5 + 9 + 11) / 3]]))
-    wmean = segment_pool_triton(hidden, cu, mask, "weighted_mean")
+    wmean = segment_pool(hidden, cu, mask, "weighted_mean")
     assert_close(wmean, torch.tensor([[0.0, 0.0], [(4 + 2 * 8 + 3 * 10) / 6, (5 + 18 + 33) / 6]]))
 
 
@@ -112,10 +106,10 @@ def test_errors_before_launch():
     mask = torch.ones(hidden.shape[0], dtype=torch.bool)
     mask[cu[1] : cu[2]] = False  # text 1 has no BOS (and text 5 is empty)
     with pytest.raises(ValueError, match="text 1 of the batch contains no BOS token"):
-        segment_pool_triton(hidden, cu, mask, "bos_token")
+        segment_pool(hidden, cu, mask, "bos_token")
     with pytest.raises(ValueError, match="at least one token"):
-        segment_pool_triton(hidden, cu, mask, "last_token")  # the empty text
+        segment_pool(hidden, cu, mask, "last_token")  # the empty text
     with pytest.raises(ValueError, match="unknown pooling mode"):
-        segment_pool_triton(hidden, cu, mask, "max")
+        segment_pool(hidden, cu, mask, "max")
     with pytest.raises(ValueError, match="pool_mask must be"):
-        segment_pool_triton(hidden, cu, mask[:-1], "mean")
+        segment_pool(hidden, cu, mask[:-1], "mean")
