@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 try:
-    from llm2vec_fast import _C
+    import llm2vec_fast._C as _C
 except ImportError as exc:  # not built
     _C = None
     _EXTENSION_ERROR: str | None = f"{type(exc).__name__}: {exc}"

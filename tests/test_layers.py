@@ -154,6 +154,8 @@ def _package_of(path: Path) -> str:
     rel = path.relative_to(ROOT)
     if rel.parts[0] in FOLDERS:
         return ".".join([FOLDERS[rel.parts[0]], *rel.parts[1:-1]])
+    if rel.parent.name == "llm2vec_fast" and rel.stem in FOLDERS:
+        return FOLDERS[rel.stem]  # llm2vec_fast/kernels.py is the package llm2vec_fast.kernels
     return ".".join(rel.parts[:-1])
 
 
