@@ -25,35 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["WorkerPool", "parse_devices", "start_without_main"]
+__all__ = ["WorkerPool", "start_without_main"]
 
 # How long the parent waits on the result queue before checking that every worker is alive.
 POLL_S = 1.0
-
-
-def parse_devices(devices) -> list[str | None]:
-    """A device request as a list: ``None`` -> ``[None]`` (the default device); ``"all"`` ->
-    every CUDA device (the CPU when there is none); a comma-separated string or a list -> those
-    devices, each checked by ``torch.device``. Raises ValueError for an empty list or a name
-    torch does not accept."""
-    import torch
-
-    if devices is None:
-        return [None]
-    if isinstance(devices, str):
-        if devices == "all":
-            n = torch.cuda.device_count()
-            return [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
-        devices = [d.strip() for d in devices.split(",") if d.strip()]
-    devices = list(devices)
-    if not devices:
-        raise ValueError("no devices given")
-    for d in devices:
-        try:
-            torch.device(d)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"bad device {d!r}: {e}") from None
-    return devices
 
 
 def start_without_main(process) -> None:

@@ -204,15 +204,15 @@ def test_worker_pool_reports_workers_that_die_without_a_word():
     assert not pool.alive
 
 
-def test_parse_devices():
-    from llm2vec_fast.workers import parse_devices
+def test_batch_job_resolve_devices():
+    from llm2vec_fast.batch_job import JobError, resolve_devices
 
-    assert parse_devices(None) == [None]
-    assert parse_devices("cpu, cpu") == ["cpu", "cpu"]
-    assert parse_devices(["cuda:1", "cpu"]) == ["cuda:1", "cpu"]
+    assert resolve_devices(None) == [None]
+    assert resolve_devices("cpu, cpu") == ["cpu", "cpu"]
+    assert resolve_devices(["cuda:1", "cpu"]) == ["cuda:1", "cpu"]
     n = torch.cuda.device_count()
-    assert parse_devices("all") == ([f"cuda:{i}" for i in range(n)] if n else ["cpu"])
-    with pytest.raises(ValueError, match="no devices given"):
-        parse_devices(" , ")
-    with pytest.raises(ValueError, match="bad device 'tpu:9'"):
-        parse_devices("cpu,tpu:9")
+    assert resolve_devices("all") == ([f"cuda:{i}" for i in range(n)] if n else ["cpu"])
+    with pytest.raises(JobError, match="no devices given"):
+        resolve_devices(" , ")
+    with pytest.raises(JobError, match="bad device 'tpu:9'"):
+        resolve_devices("cpu,tpu:9")

@@ -13,8 +13,9 @@ from pathlib import Path
 from llm2vec_fast.batch_job.config import JobConfig, JobError
 from llm2vec_fast.batch_job.manifest import Job, open_job
 from llm2vec_fast.batch_job.shards import ShardEmbedder, iter_shards
+from llm2vec_fast.devices import parse_devices
 from llm2vec_fast.io_formats import Record, iter_records
-from llm2vec_fast.workers import WorkerPool, parse_devices
+from llm2vec_fast.workers import WorkerPool
 
 
 def run_job(
@@ -183,12 +184,21 @@ def _worker_main(
 
 def resolve_devices(devices) -> list[str | None]:
     """``None`` -> [default device]; ``"all"`` -> every CUDA device (the CPU when there is
-    none); a comma-separated string or a list -> those devices
-    (:func:`~llm2vec_fast.workers.parse_devices`)."""
-    try:
-        return parse_devices(devices)
-    except ValueError as e:
-        raise JobError(str(e)) from None
+    none); a comma-separated string or a list -> those devices (split and expanded by
+    :func:`llm2vec_fast.devices.parse_devices`, each checked by ``torch.device``)."""
+    import torch
+
+    names = parse_devices(devices)
+    if names is None:
+        return [None]
+    if not names:
+        raise JobError("no devices given")
+    for d in names:
+        try:
+            torch.device(d)
+        except (RuntimeError, TypeError) as e:
+            raise JobError(f"bad device {d!r}: {e}") from None
+    return names
 
 
 class _SigintGuard:
