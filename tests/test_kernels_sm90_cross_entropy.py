@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 import importlib  # noqa: E402
 
-from l2vf_support.sm90 import compile_without_spills, params, skip_unless_slow  # noqa: E402
+from l2vf_support.sm90 import compile_without_spills, params, quick_and_full  # noqa: E402
 
 ce = importlib.import_module("llm2vec_fast.kernels.cross_entropy")
 
@@ -46,13 +46,6 @@ def _compile_and_check(kernel, sig, const, opts):
     return c
 
 
-@pytest.mark.parametrize("kernel, sig, const, opts", QUICK)
-def test_cross_entropy_compiles_for_sm90(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kernel, sig, const, opts", FULL)
-def test_cross_entropy_compiles_for_sm90_full(request, kernel, sig, const, opts):
-    skip_unless_slow(request)
-    _compile_and_check(kernel, sig, const, opts)
+test_cross_entropy_compiles_for_sm90, test_cross_entropy_compiles_for_sm90_full = quick_and_full(
+    QUICK, FULL, _compile_and_check
+)

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 
 import importlib  # noqa: E402
 
-from l2vf_support.sm90 import compile_without_spills, params, skip_unless_slow  # noqa: E402
+from l2vf_support.sm90 import params, quick_and_full  # noqa: E402
 
 # the modules, not the same-named public functions that llm2vec_fast.kernels re-exports
 glu, rms_norm, rope = (
@@ -54,16 +54,9 @@ FULL = params(
 )
 
 
-@pytest.mark.parametrize("kernel, sig, const, opts", QUICK)
-def test_compiles_for_sm90_without_spills(kernel, sig, const, opts):
-    compile_without_spills(kernel, sig, const, opts)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kernel, sig, const, opts", FULL)
-def test_compiles_for_sm90_without_spills_full(request, kernel, sig, const, opts):
-    skip_unless_slow(request)
-    compile_without_spills(kernel, sig, const, opts)
+test_compiles_for_sm90_without_spills, test_compiles_for_sm90_without_spills_full = quick_and_full(
+    QUICK, FULL
+)
 
 
 # Segment pooling (kernels/pooling.py): forward and backward, every mode, at the launchers'
@@ -74,13 +67,7 @@ POOL_QUICK = params(pooling._sm90_configs([4096], ["bf16"]))
 POOL_FULL = params(pooling._sm90_configs(HIDDEN, DTYPES))
 
 
-@pytest.mark.parametrize("kernel, sig, const, opts", POOL_QUICK)
-def test_pooling_compiles_for_sm90_without_spills(kernel, sig, const, opts):
-    compile_without_spills(kernel, sig, const, opts)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kernel, sig, const, opts", POOL_FULL)
-def test_pooling_compiles_for_sm90_without_spills_full(request, kernel, sig, const, opts):
-    skip_unless_slow(request)
-    compile_without_spills(kernel, sig, const, opts)
+(
+    test_pooling_compiles_for_sm90_without_spills,
+    test_pooling_compiles_for_sm90_without_spills_full,
+) = quick_and_full(POOL_QUICK, POOL_FULL)

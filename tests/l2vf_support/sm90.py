@@ -4,6 +4,8 @@
 - :func:`compile_without_spills`: compile one row and assert what every kernel must meet;
 - :func:`slow_selected` / :func:`skip_unless_slow`: the full compile matrices run only when
   asked for, with ``-m slow`` (or ``LLM2VEC_RUN_SLOW=1``);
+- :func:`quick_and_full`: the two tests of a kernel family, its quick rows and its full (slow)
+  matrix;
 - :func:`attention_matrix`: the (kernel, dtype, head_dim, causal) matrix of the attention
   kernels' slow tests.
 """
@@ -49,6 +51,24 @@ def slow_selected(request) -> bool:
 def skip_unless_slow(request) -> None:
     if not slow_selected(request):
         pytest.skip("slow: run with -m slow or LLM2VEC_RUN_SLOW=1")
+
+
+def quick_and_full(quick, full, check=compile_without_spills):
+    """Two tests, for a module to bind to its test names: ``check(kernel, sig, const, opts)`` on
+    each row of ``quick``, and on each row of ``full``, marked slow and run only when asked for
+    (:func:`skip_unless_slow`)."""
+
+    @pytest.mark.parametrize("kernel, sig, const, opts", quick)
+    def quick_test(kernel, sig, const, opts):
+        check(kernel, sig, const, opts)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("kernel, sig, const, opts", full)
+    def full_test(request, kernel, sig, const, opts):
+        skip_unless_slow(request)
+        check(kernel, sig, const, opts)
+
+    return quick_test, full_test
 
 
 def attention_matrix(test):
