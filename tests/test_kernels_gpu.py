@@ -22,8 +22,9 @@ pytestmark = COMPILED_ON_GPU
 
 triton = pytest.importorskip("triton")
 
-from l2vf_support.gpu import DEVICE, attention_case, cu_seqlens, mixed_lengths, randn_heads  # noqa: E402
+from l2vf_support.gpu import DEVICE, attention_case, cu_seqlens, randn_heads  # noqa: E402
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from l2vf_support.packed import mixed_lengths  # noqa: E402
 from llm2vec_fast.kernels import (  # noqa: E402
     apply_rope,
     flash_varlen_attention,

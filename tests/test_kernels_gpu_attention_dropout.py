@@ -27,7 +27,7 @@ pytest.importorskip("triton")
 
 import torch.utils.checkpoint  # noqa: E402
 
-from l2vf_support import gpu  # noqa: E402
+from l2vf_support import packed  # noqa: E402
 from l2vf_support.gpu import DEVICE, attention_case, cu_seqlens  # noqa: E402
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
@@ -40,9 +40,9 @@ LOW = [pytest.param(torch.bfloat16, 1e-3, id="bf16"), pytest.param(torch.float16
 
 
 def mixed_lengths(seed: int = 0) -> list[int]:
-    """32 short texts, 2 of 512 and the odd lengths of :func:`l2vf_support.gpu.mixed_lengths`
+    """32 short texts, 2 of 512 and the odd lengths of :func:`l2vf_support.packed.mixed_lengths`
     (a SimCSE batch packs 128 texts of at most 128 tokens; encode batches mix lengths)."""
-    return gpu.mixed_lengths(seed, short=32, long=2)
+    return packed.mixed_lengths(seed, short=32, long=2)
 
 
 def _masked_attention(q, k, v, cu_seqlens, causal, keep, p):

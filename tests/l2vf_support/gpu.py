@@ -1,7 +1,7 @@
 """Shared pieces of the CUDA kernel tests (tests/test_kernels_gpu*.py).
 
 - :data:`COMPILED_ON_GPU`: the module marks, ``gpu`` and skipped under ``TRITON_INTERPRET=1``;
-- :func:`mixed_lengths`, :func:`cu_seqlens`: a packed batch of mixed text lengths;
+- :func:`cu_seqlens`: :func:`.packed.cu_seqlens` on the device;
 - :func:`randn_heads`, :func:`attention_case`: random ``[T, heads, d]`` tensors on the device.
 """
 
@@ -11,6 +11,8 @@ import os
 
 import pytest
 import torch
+
+from l2vf_support import packed
 
 DEVICE = "cuda"
 
@@ -22,21 +24,9 @@ COMPILED_ON_GPU = [
 ]
 
 
-def mixed_lengths(seed: int = 0, short: int = 48, long: int = 3) -> list[int]:
-    """``short`` texts of 1-96 tokens and ``long`` of 512, plus odd lengths at the block edges
-    (1, 127, 129, 255) and one empty text, shuffled: the mixed batch of an encode call."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 97, (short,), generator=g).tolist()
-    lengths += [512] * long + [1, 127, 129, 255, 0]
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    return [lengths[i] for i in order]
-
-
-def cu_seqlens(lengths, device=DEVICE) -> torch.Tensor:
-    """int32 ``[n + 1]`` cumulative lengths on ``device``."""
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return cu.to(device)
+def cu_seqlens(lengths) -> torch.Tensor:
+    """int32 ``[n + 1]`` cumulative lengths on the device."""
+    return packed.cu_seqlens(lengths, DEVICE)
 
 
 def randn_heads(total, heads, d, dtype, seed) -> list[torch.Tensor]:
