@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ._aot import SM90_DTYPES, Sm90Config
 from ._launch import HAVE_TRITON, contiguous, next_pow2
 
 if HAVE_TRITON:
@@ -327,12 +328,11 @@ def segment_pool_prepare(
 
 def _sm90_configs(
     hidden_sizes: Iterable[int],
-    dtypes: Iterable[str] = ("bf16", "fp16", "fp32"),
+    dtypes: Iterable[str] = SM90_DTYPES,
     modes: Iterable[str] = POOLING_MODES,
-) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, kernel, signature, constexprs, options) for each kernel at the block sizes the
-    launchers use, for AOT compilation with ``kernels._aot.compile_sm90``. dtypes: Triton type
-    names of hidden (and d_hidden); outputs are float32."""
+) -> Iterator[Sm90Config]:
+    """Each kernel's :data:`~._aot.Sm90Config` rows. dtypes: Triton type names of hidden (and
+    d_hidden); outputs are float32."""
     dtypes, modes = tuple(dtypes), tuple(modes)
     tail = {"n_cols": "i32", "MODE": "constexpr", "BLOCK_T": "constexpr", "BLOCK_H": "constexpr"}
     for h in hidden_sizes:
