@@ -249,16 +249,7 @@ def bench_attention(name, hq, hkv, d, lengths, dtype, no_flex, meta, rows, notes
 
 
 def bench_elementwise(n_texts, tokens, max_len, dtype, meta, rows):
-    from llm2vec_fast.kernels import (
-        apply_rope,
-        gated_act,
-        gated_act_ref,
-        rms_norm,
-        rms_norm_ref,
-        rope_ref,
-        segment_pool,
-        segment_pool_ref,
-    )
+    from llm2vec_fast import kernels as lk
 
     dev, es = DEVICE, torch.finfo(dtype).bits // 8
     g = torch.Generator(device=dev).manual_seed(0)
@@ -268,7 +259,7 @@ def bench_elementwise(n_texts, tokens, max_len, dtype, meta, rows):
     x = torch.randn(tokens, h, device=dev, dtype=dtype, generator=g)
     w = torch.rand(h, device=dev, dtype=dtype, generator=g) + 0.5
     cfg = {"tokens": tokens, "hidden": h, "dtype": dt}
-    for impl, fn in (("ours-triton", rms_norm), ("torch-eager", rms_norm_ref)):
+    for impl, fn in (("ours-triton", lk.rms_norm), ("torch-eager", lk.rms_norm_ref)):
         _elementwise_rows(
             "rms_norm", f"H{h}", impl, fn, (x, w), (1e-5,), 2 * tokens * h * es, cfg, meta, rows
         )
@@ -277,7 +268,7 @@ def bench_elementwise(n_texts, tokens, max_len, dtype, meta, rows):
     gate = torch.randn(tokens, i, device=dev, dtype=dtype, generator=g)
     up = torch.randn(tokens, i, device=dev, dtype=dtype, generator=g)
     cfg = {"tokens": tokens, "intermediate": i, "dtype": dt, "activation": "silu"}
-    for impl, fn in (("ours-triton", gated_act), ("torch-eager", gated_act_ref)):
+    for impl, fn in (("ours-triton", lk.gated_act), ("torch-eager", lk.gated_act_ref)):
         _elementwise_rows(
             "gated_act",
             f"I{i}",
@@ -298,7 +289,7 @@ def bench_elementwise(n_texts, tokens, max_len, dtype, meta, rows):
     mask = torch.ones(tokens, dtype=torch.bool, device=dev)
     cfg = {"tokens": tokens, "texts": n_texts, "hidden": h, "dtype": dt, "mode": "mean"}
     nbytes = tokens * h * es + n_texts * h * 4
-    for impl, fn in (("ours-triton", segment_pool), ("torch-eager", segment_pool_ref)):
+    for impl, fn in (("ours-triton", lk.segment_pool), ("torch-eager", lk.segment_pool_ref)):
         _elementwise_rows(
             "pool", f"H{h}-mean", impl, fn, (x,), (cu, mask, "mean"), nbytes, cfg, meta, rows
         )
@@ -310,7 +301,7 @@ def bench_elementwise(n_texts, tokens, max_len, dtype, meta, rows):
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d))
     cfg = {"tokens": tokens, "q_heads": hq, "kv_heads": hkv, "head_dim": d, "dtype": dt}
     nbytes = 2 * tokens * (hq + hkv) * d * es
-    for impl, fn in (("ours-triton", apply_rope), ("torch-eager", rope_ref)):
+    for impl, fn in (("ours-triton", lk.apply_rope), ("torch-eager", lk.rope_ref)):
         _elementwise_rows(
             "rope",
             f"{hq}x{hkv}-d{d}",

@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SM90 = ("cuda", 90, 32)
+SM90_DTYPES = ("bf16", "fp16", "fp32")  # the Triton type names a kernel module compiles for
+
+# (label, kernel, signature, constexprs, options): one variant of a kernel at the block sizes its
+# launcher uses, ready for :func:`compile_sm90`. Each kernel module's ``_sm90_configs`` yields
+# them for the shapes of real models.
+Sm90Config = tuple[str, object, dict, dict, dict]
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,12 @@ NaN loss in the kernel (it does not read out of bounds); the reference raises.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
 
+from ._aot import SM90_DTYPES, Sm90Config
 from ._launch import HAVE_TRITON, contiguous, next_pow2, num_warps_for
 
 if HAVE_TRITON:
@@ -192,25 +194,18 @@ def cross_entropy_fwd(
 
 def _sm90_configs(
     vocab_sizes: Iterable[int],
-    dtypes: Iterable[str] = ("bf16", "fp16", "fp32"),
+    dtypes: Iterable[str] = SM90_DTYPES,
     targets: Iterable[str] = ("i64",),
-) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, kernel, signature, constexprs, options) for the kernel at the block sizes the
-    launcher uses, with and without the gradient, for AOT compilation with
-    ``kernels._aot.compile_sm90``. dtypes: Triton type names of the logits; targets: of the
-    target."""
-    dtypes, targets = tuple(dtypes), tuple(targets)
-    for v in vocab_sizes:
+) -> Iterator[Sm90Config]:
+    """The kernel's :data:`~._aot.Sm90Config` rows, with and without the gradient. dtypes: Triton
+    type names of the logits; targets: of the target."""
+    for v, dt, tt, has_grad in itertools.product(vocab_sizes, dtypes, targets, (True, False)):
         cfg = _config(v)
-        options = {"num_warps": cfg["num_warps"]}
-        for dt in dtypes:
-            for tt in targets:
-                for has_grad in (True, False):
-                    sig = {
-                        "LOGITS": f"*{dt}", "LOSS": "*fp32", "TARGET": f"*{tt}",
-                        "stride_l": "i32", "n_cols": "i32", "scale": "fp32",
-                        "ignore_index": "i32", "HAS_GRAD": "constexpr", "BLOCK": "constexpr",
-                    }  # fmt: skip
-                    const = {"HAS_GRAD": has_grad, "BLOCK": cfg["BLOCK"]}
-                    label = f"cross_entropy_fwd V={v} {dt} target={tt} grad={has_grad}"
-                    yield label, _cross_entropy_fwd_kernel, sig, const, options
+        sig = {
+            "LOGITS": f"*{dt}", "LOSS": "*fp32", "TARGET": f"*{tt}",
+            "stride_l": "i32", "n_cols": "i32", "scale": "fp32",
+            "ignore_index": "i32", "HAS_GRAD": "constexpr", "BLOCK": "constexpr",
+        }  # fmt: skip
+        const = {"HAS_GRAD": has_grad, "BLOCK": cfg["BLOCK"]}
+        label = f"cross_entropy_fwd V={v} {dt} target={tt} grad={has_grad}"
+        yield label, _cross_entropy_fwd_kernel, sig, const, {"num_warps": cfg["num_warps"]}

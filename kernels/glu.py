@@ -14,11 +14,13 @@ inputs' dtypes; it recomputes ``act(gate)`` instead of saving it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from ._aot import SM90_DTYPES, Sm90Config
 from ._launch import HAVE_TRITON, next_pow2
 
 if HAVE_TRITON:
@@ -80,15 +82,25 @@ if HAVE_TRITON:
         return a, da
 
     @triton.jit
+    def _row_block(n_cols, BLOCK: tl.constexpr):
+        """This program's row (int64), its block of columns and the mask of those < n_cols."""
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        return row, cols, cols < n_cols
+
+    @triton.jit
+    def _load_f32(P, row, stride, cols, mask):
+        """``P[row, cols]`` as float32, zeros where masked."""
+        return tl.load(P + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _gated_act_fwd_kernel(
         Y, G, U, stride_y, stride_g, stride_u, n_cols,
         ACT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = cols < n_cols
-        g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+        row, cols, mask = _row_block(n_cols, BLOCK)
+        g = _load_f32(G, row, stride_g, cols, mask)
+        u = _load_f32(U, row, stride_u, cols, mask)
         a, _ = _act_and_grad(g, ACT)
         y = a.to(G.dtype.element_ty).to(tl.float32) * u
         tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
@@ -98,12 +110,10 @@ if HAVE_TRITON:
         DG, DU, DY, G, U, stride_dg, stride_du, stride_dy, stride_g, stride_u, n_cols,
         ACT: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = cols < n_cols
-        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
+        row, cols, mask = _row_block(n_cols, BLOCK)
+        dy = _load_f32(DY, row, stride_dy, cols, mask)
+        g = _load_f32(G, row, stride_g, cols, mask)
+        u = _load_f32(U, row, stride_u, cols, mask)
         a, da = _act_and_grad(g, ACT)
         du = dy * a.to(G.dtype.element_ty).to(tl.float32)
         dg = dy * u * da
@@ -167,24 +177,20 @@ def gated_act_bwd(
 
 def _sm90_configs(
     intermediate_sizes: Iterable[int],
-    dtypes: Iterable[str] = ("bf16", "fp16", "fp32"),
+    dtypes: Iterable[str] = SM90_DTYPES,
     activations: Iterable[str] = ACTIVATIONS,
-) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, kernel, signature, constexprs, options) for each kernel at the block sizes the
-    launchers use, for AOT compilation with ``kernels._aot.compile_sm90``. dtypes: Triton type
-    names of gate, up and the outputs."""
-    dtypes, activations = tuple(dtypes), tuple(activations)
-    for i in intermediate_sizes:
+) -> Iterator[Sm90Config]:
+    """Each kernel's :data:`~._aot.Sm90Config` rows. dtypes: Triton type names of gate, up and
+    the outputs."""
+    tail = {"n_cols": "i32", "ACT": "constexpr", "BLOCK": "constexpr"}
+    for i, dt, activation in itertools.product(intermediate_sizes, dtypes, activations):
         cfg = _config(i)
         options = {"num_warps": cfg["num_warps"]}
-        for dt in dtypes:
-            for activation in activations:
-                const = {"ACT": _ACT_ID[activation], "BLOCK": cfg["BLOCK"]}
-                tail = {"n_cols": "i32", "ACT": "constexpr", "BLOCK": "constexpr"}
-                fwd_sig = {"Y": f"*{dt}", "G": f"*{dt}", "U": f"*{dt}"}
-                fwd_sig.update({f"stride_{n}": "i32" for n in ("y", "g", "u")}, **tail)
-                bwd_sig = {n: f"*{dt}" for n in ("DG", "DU", "DY", "G", "U")}
-                bwd_sig.update({f"stride_{n}": "i32" for n in ("dg", "du", "dy", "g", "u")}, **tail)
-                tag = f"I={i} {dt} {activation}"
-                yield f"gated_act_fwd {tag}", _gated_act_fwd_kernel, fwd_sig, const, options
-                yield f"gated_act_bwd {tag}", _gated_act_bwd_kernel, bwd_sig, const, options
+        const = {"ACT": _ACT_ID[activation], "BLOCK": cfg["BLOCK"]}
+        fwd_sig = {"Y": f"*{dt}", "G": f"*{dt}", "U": f"*{dt}"}
+        fwd_sig.update({f"stride_{n}": "i32" for n in ("y", "g", "u")}, **tail)
+        bwd_sig = {n: f"*{dt}" for n in ("DG", "DU", "DY", "G", "U")}
+        bwd_sig.update({f"stride_{n}": "i32" for n in ("dg", "du", "dy", "g", "u")}, **tail)
+        tag = f"I={i} {dt} {activation}"
+        yield f"gated_act_fwd {tag}", _gated_act_fwd_kernel, fwd_sig, const, options
+        yield f"gated_act_bwd {tag}", _gated_act_bwd_kernel, bwd_sig, const, options

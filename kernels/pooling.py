@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ._aot import SM90_DTYPES, Sm90Config
 from ._launch import HAVE_TRITON, contiguous, next_pow2
 
 if HAVE_TRITON:
@@ -112,25 +113,26 @@ def _config(n_cols: int) -> dict:
 if HAVE_TRITON:
 
     @triton.jit
-    def _segment_pool_fwd_kernel(
-        OUT,  # [n_texts, H] float32 (float64) out
-        AUX,  # [n_texts] int32 out: masked count (mean, weighted) / first masked position (bos)
-        HIDDEN,  # [T, H], last dim contiguous
-        MASK,  # [T] uint8 (a bool mask viewed as bytes)
-        CU,  # [n_texts + 1] int32
-        stride_o,
-        stride_h,
-        n_cols,
-        MODE: tl.constexpr,  # 0 mean, 1 weighted_mean, 2 last_token, 3 bos_token
-        BLOCK_T: tl.constexpr,
-        BLOCK_H: tl.constexpr,
-    ):
+    def _segment_block(CU, n_cols, BLOCK_H: tl.constexpr):
+        """This program's segment, its column block, the segment's [start, end) rows, the
+        block's columns and the mask of those < n_cols."""
         seg = tl.program_id(0)
         pid_h = tl.program_id(1)
         start = tl.load(CU + seg)
         end = tl.load(CU + seg + 1)
         cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-        cmask = cols < n_cols
+        return seg, pid_h, start, end, cols, cols < n_cols
+
+    @triton.jit
+    def _segment_pool_fwd_kernel(
+        OUT, AUX, HIDDEN, MASK, CU, stride_o, stride_h, n_cols,
+        MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):  # fmt: skip
+        """OUT ``[n_texts, H]`` float32 (float64) out; AUX ``[n_texts]`` int32 out: masked count
+        (mean, weighted) / first masked position (bos); HIDDEN ``[T, H]``, last dim contiguous;
+        MASK ``[T]`` uint8 (a bool mask viewed as bytes); CU ``[n_texts + 1]`` int32. MODE: 0 mean,
+        1 weighted_mean, 2 last_token, 3 bos_token."""
+        seg, pid_h, start, end, cols, cmask = _segment_block(CU, n_cols, BLOCK_H)
         acc_ty = OUT.dtype.element_ty
         out_ptr = OUT + seg.to(tl.int64) * stride_o + cols
         if MODE == 2:  # last_token: one row
@@ -181,24 +183,13 @@ if HAVE_TRITON:
 
     @triton.jit
     def _segment_pool_bwd_kernel(
-        DH,  # [T, H] out, hidden's dtype; zeroed beforehand for last_token / bos_token
-        DOUT,  # [n_texts, H] float32 (float64), last dim contiguous
-        AUX,  # [n_texts] int32 from the forward
-        MASK,  # [T] uint8
-        CU,  # [n_texts + 1] int32
-        stride_dh,
-        stride_do,
-        n_cols,
-        MODE: tl.constexpr,
-        BLOCK_T: tl.constexpr,
-        BLOCK_H: tl.constexpr,
-    ):
-        seg = tl.program_id(0)
-        pid_h = tl.program_id(1)
-        start = tl.load(CU + seg)
-        end = tl.load(CU + seg + 1)
-        cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-        cmask = cols < n_cols
+        DH, DOUT, AUX, MASK, CU, stride_dh, stride_do, n_cols,
+        MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):  # fmt: skip
+        """DH ``[T, H]`` out, hidden's dtype, zeroed beforehand for last_token / bos_token; DOUT
+        ``[n_texts, H]`` float32 (float64), last dim contiguous; AUX ``[n_texts]`` int32 from the
+        forward; MASK ``[T]`` uint8; CU ``[n_texts + 1]`` int32."""
+        seg, pid_h, start, end, cols, cmask = _segment_block(CU, n_cols, BLOCK_H)
         acc_ty = DOUT.dtype.element_ty
         dout = tl.load(DOUT + seg.to(tl.int64) * stride_do + cols, mask=cmask, other=0.0)
         if MODE >= 2:  # one row gets d_out, the rest stays zero
@@ -253,6 +244,18 @@ def mask_bytes(pool_mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     return m.view(torch.uint8)
 
 
+def _launch(kernel, mode: str, n: int, n_cols: int, *args) -> None:
+    """``kernel(*args, n_cols, MODE, BLOCK_T, BLOCK_H)``, one program per text and column block
+    at :func:`_config`'s sizes; nothing for no texts or no columns."""
+    if n and n_cols:
+        cfg = _config(n_cols)
+        grid = (n, triton.cdiv(n_cols, cfg["BLOCK_H"]))
+        kernel[grid](
+            *args, n_cols, MODE=_MODE_ID[mode], BLOCK_T=cfg["BLOCK_T"], BLOCK_H=cfg["BLOCK_H"],
+            num_warps=cfg["num_warps"],
+        )  # fmt: skip
+
+
 def segment_pool_fwd(
     hidden: torch.Tensor, cu_seqlens: torch.Tensor, mask_u8: torch.Tensor, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,14 +268,10 @@ def segment_pool_fwd(
     acc_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     out = torch.empty((n, n_cols), dtype=acc_dtype, device=hidden.device)
     aux = torch.zeros(n, dtype=torch.int32, device=hidden.device)
-    if n and n_cols:
-        cfg = _config(n_cols)
-        grid = (n, triton.cdiv(n_cols, cfg["BLOCK_H"]))
-        _segment_pool_fwd_kernel[grid](
-            out, aux, hidden, mask_u8, cu_seqlens, out.stride(0), hidden.stride(0), n_cols,
-            MODE=_MODE_ID[mode], BLOCK_T=cfg["BLOCK_T"], BLOCK_H=cfg["BLOCK_H"],
-            num_warps=cfg["num_warps"],
-        )  # fmt: skip
+    _launch(
+        _segment_pool_fwd_kernel, mode, n, n_cols,
+        out, aux, hidden, mask_u8, cu_seqlens, out.stride(0), hidden.stride(0),
+    )  # fmt: skip
     return out, aux
 
 
@@ -291,14 +290,10 @@ def segment_pool_bwd(
     n, n_cols = d_out.shape
     alloc = torch.zeros if mode in ("last_token", "bos_token") else torch.empty
     dh = alloc((n_tokens, n_cols), dtype=dtype, device=d_out.device)
-    if n and n_cols:
-        cfg = _config(n_cols)
-        grid = (n, triton.cdiv(n_cols, cfg["BLOCK_H"]))
-        _segment_pool_bwd_kernel[grid](
-            dh, d_out, aux, mask_u8, cu_seqlens, dh.stride(0), d_out.stride(0), n_cols,
-            MODE=_MODE_ID[mode], BLOCK_T=cfg["BLOCK_T"], BLOCK_H=cfg["BLOCK_H"],
-            num_warps=cfg["num_warps"],
-        )  # fmt: skip
+    _launch(
+        _segment_pool_bwd_kernel, mode, n, n_cols,
+        dh, d_out, aux, mask_u8, cu_seqlens, dh.stride(0), d_out.stride(0),
+    )  # fmt: skip
     return dh
 
 
@@ -327,12 +322,11 @@ def segment_pool_prepare(
 
 def _sm90_configs(
     hidden_sizes: Iterable[int],
-    dtypes: Iterable[str] = ("bf16", "fp16", "fp32"),
+    dtypes: Iterable[str] = SM90_DTYPES,
     modes: Iterable[str] = POOLING_MODES,
-) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, kernel, signature, constexprs, options) for each kernel at the block sizes the
-    launchers use, for AOT compilation with ``kernels._aot.compile_sm90``. dtypes: Triton type
-    names of hidden (and d_hidden); outputs are float32."""
+) -> Iterator[Sm90Config]:
+    """Each kernel's :data:`~._aot.Sm90Config` rows. dtypes: Triton type names of hidden (and
+    d_hidden); outputs are float32."""
     dtypes, modes = tuple(dtypes), tuple(modes)
     tail = {"n_cols": "i32", "MODE": "constexpr", "BLOCK_T": "constexpr", "BLOCK_H": "constexpr"}
     for h in hidden_sizes:

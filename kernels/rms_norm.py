@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ._aot import SM90_DTYPES, Sm90Config
 from ._launch import HAVE_TRITON, contiguous, next_pow2, num_warps_for
 
 if HAVE_TRITON:
@@ -221,11 +222,10 @@ def rms_norm_bwd_torch(
 
 
 def _sm90_configs(
-    hidden_sizes: Iterable[int], dtypes: Iterable[str] = ("bf16", "fp16", "fp32")
-) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, kernel, signature, constexprs, options) for each kernel at the block sizes the
-    launchers use, for AOT compilation with ``kernels._aot.compile_sm90``. dtypes: Triton type
-    names of x (and weight, and y)."""
+    hidden_sizes: Iterable[int], dtypes: Iterable[str] = SM90_DTYPES
+) -> Iterator[Sm90Config]:
+    """Each kernel's :data:`~._aot.Sm90Config` rows. dtypes: Triton type names of x (and weight,
+    and y)."""
     dtypes = tuple(dtypes)
     for h in hidden_sizes:
         cfg = _config(h)

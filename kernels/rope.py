@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ._aot import SM90_DTYPES, Sm90Config
 from ._launch import HAVE_TRITON, next_pow2, num_warps_for
 
 if HAVE_TRITON:
@@ -187,11 +188,10 @@ def rope_bwd(dq_out, dk_out, position_ids, inv_freq, attention_scaling=1.0):
 
 
 def _sm90_configs(
-    shapes: Iterable[tuple[int, int, int]], dtypes: Iterable[str] = ("bf16", "fp16", "fp32")
-) -> Iterator[tuple[str, object, dict, dict, dict]]:
-    """(label, kernel, signature, constexprs, options) for each kernel at the block sizes the
-    launcher uses, for AOT compilation with ``kernels._aot.compile_sm90``. shapes:
-    (n_q_heads, n_kv_heads, head_dim); dtypes: Triton type names of q and k."""
+    shapes: Iterable[tuple[int, int, int]], dtypes: Iterable[str] = SM90_DTYPES
+) -> Iterator[Sm90Config]:
+    """Each kernel's :data:`~._aot.Sm90Config` rows. shapes: (n_q_heads, n_kv_heads, head_dim);
+    dtypes: Triton type names of q and k."""
     dtypes = tuple(dtypes)
     for hq, hkv, d in shapes:
         cfg = _config(hq, hkv, d)

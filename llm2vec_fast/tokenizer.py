@@ -88,6 +88,14 @@ class Tokenizer:
 
     # -- the calls
 
+    def _options(
+        self, max_length: int | None, truncation_side: str | None, num_threads: int | None
+    ) -> dict[str, Any]:
+        """The native calls' ``max_length``, ``truncate_left`` and ``num_threads`` arguments."""
+        limit, left = self._limits(max_length, truncation_side)
+        threads = int(self.num_threads if num_threads is None else num_threads)
+        return {"max_length": limit, "truncate_left": left, "num_threads": threads}
+
     def _limits(self, max_length: int | None, truncation_side: str | None) -> tuple[int, bool]:
         if truncation_side not in (None, "right", "left"):
             raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
@@ -124,14 +132,8 @@ class Tokenizer:
         surrogates) raise ``ValueError`` naming the text's index. ``max_length`` truncates (special tokens included, as ``transformers`` with
         ``truncation=True``); None uses the file's own truncation, if any.
         """
-        limit, left = self._limits(max_length, truncation_side)
-        return self._tok.encode_batch(
-            texts,
-            add_special_tokens,
-            max_length=limit,
-            truncate_left=left,
-            num_threads=self._threads(num_threads),
-        )
+        options = self._options(max_length, truncation_side, num_threads)
+        return self._tok.encode_batch(texts, add_special_tokens, **options)
 
     def encode_batch_arrays(
         self,
@@ -144,15 +146,8 @@ class Tokenizer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`encode_batch`, flat: ids int32 ``[total]`` and offsets int64 ``[n + 1]``
         (text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``), the packer's input."""
-        limit, left = self._limits(max_length, truncation_side)
-        return self._tok.encode_batch(
-            texts,
-            add_special_tokens,
-            max_length=limit,
-            truncate_left=left,
-            num_threads=self._threads(num_threads),
-            as_arrays=True,
-        )
+        options = self._options(max_length, truncation_side, num_threads)
+        return self._tok.encode_batch(texts, add_special_tokens, **options, as_arrays=True)
 
     def count_tokens(
         self,
@@ -164,14 +159,8 @@ class Tokenizer:
         num_threads: int | None = None,
     ) -> np.ndarray:
         """``len(ids)`` of each text, int64 ``[n]``, without building the id lists."""
-        limit, left = self._limits(max_length, truncation_side)
-        return self._tok.count(
-            texts,
-            add_special_tokens,
-            max_length=limit,
-            truncate_left=left,
-            num_threads=self._threads(num_threads),
-        )
+        options = self._options(max_length, truncation_side, num_threads)
+        return self._tok.count(texts, add_special_tokens, **options)
 
     def encode_pooled(
         self,
@@ -195,15 +184,9 @@ class Tokenizer:
         ``as_arrays`` (ids int32 ``[total]``, offsets int64 ``[n + 1]``, counts int64 ``[n]``),
         the packer's input without a Python list per text.
         """
-        limit, left = self._limits(max_length, truncation_side)
+        options = self._options(max_length, truncation_side, num_threads)
         return self._tok.encode_pooled(
-            texts,
-            separator,
-            max_length=limit,
-            truncate_left=left,
-            num_threads=self._threads(num_threads),
-            count_pooled=count_pooled,
-            as_arrays=as_arrays,
+            texts, separator, **options, count_pooled=count_pooled, as_arrays=as_arrays
         )
 
     def doc_cut(
@@ -226,17 +209,8 @@ class Tokenizer:
         when its first code point alone is over the limit). Returns the final counts (int64
         ``[n]``) and the cut texts (None where a text was not cut).
         """
-        limit, left = self._limits(max_length, truncation_side)
-        return self._tok.doc_cut(
-            texts,
-            int(doc_max_length),
-            max_length=limit,
-            truncate_left=left,
-            num_threads=self._threads(num_threads),
-        )
-
-    def _threads(self, num_threads: int | None) -> int:
-        return int(self.num_threads if num_threads is None else num_threads)
+        options = self._options(max_length, truncation_side, num_threads)
+        return self._tok.doc_cut(texts, int(doc_max_length), **options)
 
 
 def prefix_search(text: str, limit: int) -> Generator[int, int, int]:

@@ -12,21 +12,19 @@ Run on the GPU machine: ``python -m pytest tests/test_kernels_gpu.py -m gpu -q``
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only (no interpreter)"
-    ),
-]
+from l2vf_support.gpu import COMPILED_ON_GPU
+
+pytestmark = COMPILED_ON_GPU
 
 triton = pytest.importorskip("triton")
 
+from l2vf_support.gpu import DEVICE, attention_case, cu_seqlens, randn_heads  # noqa: E402
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from l2vf_support.packed import mixed_lengths  # noqa: E402
 from llm2vec_fast.kernels import (  # noqa: E402
     apply_rope,
     flash_varlen_attention,
@@ -40,7 +38,6 @@ from llm2vec_fast.kernels import (  # noqa: E402
     varlen_attention_sdpa,
 )
 
-DEVICE = "cuda"
 # dtype with its floor (atol): the 2x rule carries the real tolerance
 LOW = [
     pytest.param(torch.bfloat16, 1e-3, id="bf16"),
@@ -52,22 +49,6 @@ HEADS = [  # (query heads, kv heads): MHA, GQA 4:1, GQA 8:1
     pytest.param(16, 4, id="gqa4to1"),
     pytest.param(32, 4, id="gqa8to1"),
 ]
-
-
-def mixed_lengths(seed: int = 0, short: int = 48, long: int = 3) -> list[int]:
-    """Many short texts (1-96 tokens) and ``long`` of 512, shuffled, plus odd lengths at the
-    block edges (the mixed batch of an encode call, with one empty text)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 97, (short,), generator=g).tolist()
-    lengths += [512] * long + [1, 127, 129, 255, 0]
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    return [lengths[i] for i in order]
-
-
-def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return cu.to(DEVICE)
 
 
 @pytest.fixture(autouse=True)
@@ -118,18 +99,8 @@ def _attention_f64(q, k, v, cu_seqlens, max_seqlen=None, causal=False, scale=Non
     return torch.cat(outs)
 
 
-def _attention_case(dtype, hq, hkv, d, lengths, seed):
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    total = sum(lengths)
-    q = torch.randn(total, hq, d, device=DEVICE, dtype=dtype, generator=g)
-    k = torch.randn(total, hkv, d, device=DEVICE, dtype=dtype, generator=g)
-    v = torch.randn(total, hkv, d, device=DEVICE, dtype=dtype, generator=g)
-    do = torch.randn(total, hq, d, device=DEVICE, dtype=dtype, generator=g)
-    return q, k, v, do, _cu(lengths), max(lengths)
-
-
 def _check_attention(dtype, atol, hq, hkv, d, lengths, causal, seed, ref_fn):
-    q, k, v, do, cu, mx = _attention_case(dtype, hq, hkv, d, lengths, seed)
+    q, k, v, do, cu, mx = attention_case(dtype, hq, hkv, d, lengths, seed)
     out, grads = _fwd_bwd(flash_varlen_attention, (q, k, v), do, cu, mx, causal)
     # the same function in the same dtype through plain PyTorch: the baseline error
     ref, ref_grads = _fwd_bwd(ref_fn, (q, k, v), do, cu, mx, causal)
@@ -178,7 +149,7 @@ def test_flash_varlen_writes_every_row_and_strided_views():
     total, hq, hkv, d = sum(lengths), 32, 8, 128
     qkv = torch.randn(total, hq + 2 * hkv, d, device=DEVICE, dtype=torch.bfloat16)
     q, k, v = qkv.split([hq, hkv, hkv], dim=1)
-    cu = _cu(lengths)
+    cu = cu_seqlens(lengths)
     poison = torch.full((total, hq, d), float("nan"), device=DEVICE, dtype=torch.bfloat16)
     del poison  # the next allocation of this size reuses the NaN-filled block
     out = flash_varlen_attention(q, k, v, cu, max(lengths))
@@ -194,7 +165,7 @@ def test_custom_op_on_cuda_matches_dispatcher():
     gradients as :func:`flash_varlen_attention`, also inside ``torch.compile(fullgraph=True)``."""
     from llm2vec_fast.kernels import ops
 
-    q, k, v, do, cu, mx = _attention_case(torch.bfloat16, 32, 8, 128, mixed_lengths(seed=5), 5)
+    q, k, v, do, cu, mx = attention_case(torch.bfloat16, 32, 8, 128, mixed_lengths(seed=5), 5)
     out, grads = _fwd_bwd(ops.varlen_attention, (q, k, v), do, cu, mx)
     ref, ref_grads = _fwd_bwd(flash_varlen_attention, (q, k, v), do, cu, mx)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
@@ -213,7 +184,7 @@ def test_segment_pool_custom_op_on_cuda_matches_dispatcher():
     from llm2vec_fast.kernels.pooling import mask_bytes, segment_pool_bwd, segment_pool_fwd
 
     lengths = [n for n in mixed_lengths(seed=8) if n]
-    cu, total = _cu(lengths), sum(lengths)
+    cu, total = cu_seqlens(lengths), sum(lengths)
     g = torch.Generator(device=DEVICE).manual_seed(8)
     hidden = torch.randn(total, 4096, device=DEVICE, dtype=torch.bfloat16, generator=g)
     mask = torch.rand(total, device=DEVICE, generator=g) > 0.2
@@ -270,12 +241,7 @@ def test_rms_norm_fp32_no_tf32():
 
 def _rope_case(dtype, hq, hkv, d, theta, seed):
     lengths = mixed_lengths(seed=seed)
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    total = sum(lengths)
-    q = torch.randn(total, hq, d, device=DEVICE, dtype=dtype, generator=g)
-    k = torch.randn(total, hkv, d, device=DEVICE, dtype=dtype, generator=g)
-    dq = torch.randn(total, hq, d, device=DEVICE, dtype=dtype, generator=g)
-    dk = torch.randn(total, hkv, d, device=DEVICE, dtype=dtype, generator=g)
+    q, k, dq, dk = randn_heads(sum(lengths), (hq, hkv, hq, hkv), d, dtype, seed)
     pos = torch.cat([torch.arange(n) for n in lengths]).to(DEVICE)
     inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=DEVICE) / d))
     return q, k, dq, dk, pos, inv_freq
@@ -349,7 +315,7 @@ def test_segment_pool_cuda(dtype, mode):
     """Pooling accumulates in float32 whatever the input dtype: float32-accurate output, and a
     gradient off the float64 one by the rounding to the input dtype only."""
     lengths = [n for n in mixed_lengths(seed=2) if n]  # last_token/bos_token need tokens
-    cu = _cu(lengths)
+    cu = cu_seqlens(lengths)
     total = sum(lengths)
     g = torch.Generator(device=DEVICE).manual_seed(2)
     hidden = torch.randn(total, 4096, device=DEVICE, dtype=dtype, generator=g)

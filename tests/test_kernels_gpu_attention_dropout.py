@@ -15,57 +15,34 @@ Run on the GPU machine: ``python -m pytest tests/test_kernels_gpu_attention_drop
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only (no interpreter)"
-    ),
-]
+from l2vf_support.gpu import COMPILED_ON_GPU
+
+pytestmark = COMPILED_ON_GPU
 
 pytest.importorskip("triton")
 
 import torch.utils.checkpoint  # noqa: E402
 
+from l2vf_support import packed  # noqa: E402
+from l2vf_support.gpu import DEVICE, attention_case, cu_seqlens  # noqa: E402
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen_attention, ops  # noqa: E402
 from llm2vec_fast.kernels.flash_varlen import flash_varlen_dropout_mask  # noqa: E402
 
-DEVICE = "cuda"
 P = 0.3  # SimCSE's attention dropout
 # dtype with its floor (atol), as tests/test_kernels_gpu.py
 LOW = [pytest.param(torch.bfloat16, 1e-3, id="bf16"), pytest.param(torch.float16, 2e-4, id="fp16")]
 
 
-def mixed_lengths(seed: int = 0, short: int = 32, long: int = 2) -> list[int]:
-    """Short texts (1-96 tokens), ``long`` of 512 and odd lengths at the block edges, shuffled
+def mixed_lengths(seed: int = 0) -> list[int]:
+    """32 short texts, 2 of 512 and the odd lengths of :func:`l2vf_support.packed.mixed_lengths`
     (a SimCSE batch packs 128 texts of at most 128 tokens; encode batches mix lengths)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 97, (short,), generator=g).tolist()
-    lengths += [512] * long + [1, 127, 129, 255, 0]
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    return [lengths[i] for i in order]
-
-
-def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return cu.to(DEVICE)
-
-
-def _case(dtype, hq, hkv, d, lengths, seed):
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    total = sum(lengths)
-    q, k, v, do = (
-        torch.randn(total, h, d, device=DEVICE, dtype=dtype, generator=g)
-        for h in (hq, hkv, hkv, hq)
-    )
-    return q, k, v, do, _cu(lengths), max(lengths)
+    return packed.mixed_lengths(seed, short=32, long=2)
 
 
 def _masked_attention(q, k, v, cu_seqlens, causal, keep, p):
@@ -111,7 +88,7 @@ def _fwd_bwd(fn, inputs, dout):
 @pytest.mark.parametrize("dtype, atol", LOW)
 def test_dropout_matches_float64_with_the_kernels_mask(dtype, atol, hq, hkv, d, causal):
     lengths = mixed_lengths(seed=d + hq)
-    q, k, v, do, cu, mx = _case(dtype, hq, hkv, d, lengths, seed=d * 7 + hq)
+    q, k, v, do, cu, mx = attention_case(dtype, hq, hkv, d, lengths, seed=d * 7 + hq)
     seed, offset = 1000 + d + hq, 3
     keep = flash_varlen_dropout_mask(cu, mx, hq, P, seed, offset)
     out, grads = _fwd_bwd(
@@ -135,7 +112,7 @@ def test_dropout_matches_float64_with_the_kernels_mask(dtype, atol, hq, hkv, d, 
 def test_keep_fraction_at_scale():
     """About 1 - p of some 7 * 10^7 draws kept, per head too; heads, texts and offsets differ."""
     lengths = [512] * 8 + mixed_lengths(seed=1)
-    cu, mx, hq = _cu(lengths), max(lengths), 32
+    cu, mx, hq = cu_seqlens(lengths), max(lengths), 32
     valid = torch.zeros(hq, sum(lengths), mx, dtype=torch.bool, device=DEVICE)
     bounds = cu.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):
@@ -162,7 +139,7 @@ def test_keep_fraction_at_scale():
 def test_seeds_on_the_device_generator():
     """Same seed, same bits; a drawn seed follows torch.manual_seed (the CUDA generator's
     offset is consumed, so the next call draws another); p = 0 is the kernel without dropout."""
-    q, k, v, _, cu, mx = _case(torch.bfloat16, 16, 4, 128, mixed_lengths(seed=2), 2)
+    q, k, v, _, cu, mx = attention_case(torch.bfloat16, 16, 4, 128, mixed_lengths(seed=2), 2)
     a = flash_varlen_attention(q, k, v, cu, mx, dropout_p=P, seed=5)
     assert torch.equal(a, flash_varlen_attention(q, k, v, cu, mx, dropout_p=P, seed=5))
     assert not torch.equal(a, flash_varlen_attention(q, k, v, cu, mx, dropout_p=P, seed=6))
@@ -177,7 +154,7 @@ def test_seeds_on_the_device_generator():
 
 
 def test_gradient_checkpointing_replays_the_mask():
-    q, k, v, do, cu, mx = _case(torch.bfloat16, 16, 4, 128, mixed_lengths(seed=3), 3)
+    q, k, v, do, cu, mx = attention_case(torch.bfloat16, 16, 4, 128, mixed_lengths(seed=3), 3)
     w = torch.randn(128, 128, device=DEVICE, dtype=torch.bfloat16) / 11
 
     def layer(q, k, v):
@@ -196,7 +173,7 @@ def test_gradient_checkpointing_replays_the_mask():
 
 
 def test_dispatcher_and_custom_op_run_the_kernel_with_dropout():
-    q, k, v, do, cu, mx = _case(torch.bfloat16, 32, 8, 128, mixed_lengths(seed=4), 4)
+    q, k, v, do, cu, mx = attention_case(torch.bfloat16, 32, 8, 128, mixed_lengths(seed=4), 4)
 
     def flash(q, k, v):
         return flash_varlen_attention(q, k, v, cu, mx, dropout_p=P, seed=9)

@@ -13,21 +13,17 @@ Run on the GPU machine: ``python -m pytest tests/test_kernels_gpu_cross_entropy.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        os.environ.get("TRITON_INTERPRET") == "1", reason="compiled kernels only (no interpreter)"
-    ),
-]
+from l2vf_support.gpu import COMPILED_ON_GPU
+
+pytestmark = COMPILED_ON_GPU
 
 pytest.importorskip("triton")
 
+from l2vf_support.gpu import DEVICE  # noqa: E402
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
 from llm2vec_fast.kernels.cross_entropy import (  # noqa: E402
     cross_entropy_fwd,
@@ -35,7 +31,6 @@ from llm2vec_fast.kernels.cross_entropy import (  # noqa: E402
 )
 from llm2vec_fast.training import linear_cross_entropy  # noqa: E402
 
-DEVICE = "cuda"
 N, VOCAB, HIDDEN = 4096, 128_256, 2048
 IGNORE = -100
 SLICE = 512  # rows per float64 reference slice

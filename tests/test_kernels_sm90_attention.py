@@ -17,7 +17,6 @@ and runs with ``-m slow`` (or ``LLM2VEC_RUN_SLOW=1``).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import tempfile
@@ -28,18 +27,13 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from l2vf_support.sm90 import attention_matrix, skip_unless_slow  # noqa: E402
 from llm2vec_fast.kernels import _aot  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen as fv  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen_kernels as fk  # noqa: E402
 
 H100_SHARED_BYTES = 227 * 1024
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def _run_slow(request) -> bool:
-    return os.environ.get("LLM2VEC_RUN_SLOW") == "1" or "slow" in (
-        request.config.getoption("markexpr") or ""
-    ).replace("not slow", "")
 
 
 # ---- signatures: every argument of each kernel, typed as the launcher passes it --------------
@@ -163,14 +157,9 @@ def test_forward_uses_tensor_cores_bf16():
 # ---- full matrix (slow) ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("head_dim", [64, 80, 96, 128, 256])
-@pytest.mark.parametrize("dt", ["bf16", "fp16"])
-@pytest.mark.parametrize("kernel", ["fwd", "dkdv", "dq"])
+@attention_matrix
 def test_compile_matrix(request, kernel, dt, head_dim, causal):
-    if not _run_slow(request):
-        pytest.skip("slow: run with -m slow or LLM2VEC_RUN_SLOW=1")
+    skip_unless_slow(request)
     row = _check(kernel, dt, head_dim, causal)
     # the brief asks this of the forward at D <= 128; every 16-bit config meets it today
     assert row["stack"] == 0 and row["local"] == 0, f"spills: {row}"
@@ -182,6 +171,5 @@ def test_compile_matrix(request, kernel, dt, head_dim, causal):
 def test_compile_float32_fits(request, kernel, head_dim):
     """float32 on the GPU is a correctness path (IEEE dots, no tensor cores): it must compile
     and fit in shared memory; its spills are recorded, not judged."""
-    if not _run_slow(request):
-        pytest.skip("slow: run with -m slow or LLM2VEC_RUN_SLOW=1")
+    skip_unless_slow(request)
     _check(kernel, "fp32", head_dim)

@@ -26,6 +26,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("AOT compilation needs the compiler, not the interpreter", allow_module_level=True)
 pytest.importorskip("triton")
 
+from l2vf_support.sm90 import attention_matrix, skip_unless_slow  # noqa: E402
 from llm2vec_fast.kernels import _aot  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen as fv  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen_kernels as fk  # noqa: E402
@@ -35,12 +36,6 @@ _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.fl
 # Philox-4x32's first round multiplier (0xD2511F53) as PTX writes an immediate: only dropout
 # code contains it
 _PHILOX_ROUND_A = (str(0xD2511F53), str(0xD2511F53 - (1 << 32)), "0dD2511F53")
-
-
-def _run_slow(request) -> bool:
-    return os.environ.get("LLM2VEC_RUN_SLOW") == "1" or "slow" in (
-        request.config.getoption("markexpr") or ""
-    ).replace("not slow", "")
 
 
 def _signature(kernel: str, dt: str, head_dim: int, causal: bool, dropout: bool):
@@ -138,13 +133,8 @@ def test_compile_dropout_mask_kernel():
 # ---- full matrix (slow) ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("head_dim", [64, 80, 96, 128, 256])
-@pytest.mark.parametrize("dt", ["bf16", "fp16"])
-@pytest.mark.parametrize("kernel", ["fwd", "dkdv", "dq"])
+@attention_matrix
 def test_compile_dropout_matrix(request, kernel, dt, head_dim, causal):
-    if not _run_slow(request):
-        pytest.skip("slow: run with -m slow or LLM2VEC_RUN_SLOW=1")
+    skip_unless_slow(request)
     row = _check(kernel, dt, head_dim, causal)
     assert row["stack"] == 0 and row["local"] == 0, f"dropout variant spills: {row}"

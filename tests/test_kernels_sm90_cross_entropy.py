@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 import importlib  # noqa: E402
 
-from llm2vec_fast.kernels._aot import compile_sm90  # noqa: E402
+from l2vf_support.sm90 import compile_without_spills, params, quick_and_full  # noqa: E402
 
 ce = importlib.import_module("llm2vec_fast.kernels.cross_entropy")
 
@@ -32,24 +32,13 @@ DTYPES = ("bf16", "fp16", "fp32")
 MAX_REGISTERS = 64
 
 
-def _params(configs):
-    return [
-        pytest.param(kernel, sig, const, opts, id=label)
-        for label, kernel, sig, const, opts in configs
-    ]
-
-
-QUICK = _params(ce._sm90_configs([128_256], ["bf16"]))
-FULL = _params(ce._sm90_configs(VOCABS, DTYPES, ("i64", "i32")))
+QUICK = params(ce._sm90_configs([128_256], ["bf16"]))
+FULL = params(ce._sm90_configs(VOCABS, DTYPES, ("i64", "i32")))
 
 
 def _compile_and_check(kernel, sig, const, opts):
-    c = compile_sm90(kernel, sig, const, **opts)
-    assert c.num_warps == opts["num_warps"]
+    c = compile_without_spills(kernel, sig, const, opts)
     if c.spill_bytes is not None:  # None: cuobjdump missing from the triton wheel
-        assert c.spill_bytes == 0 and c.stack_bytes == 0, (
-            f"{c.name}: {c.spill_bytes} bytes spilled, {c.registers} registers"
-        )
         assert c.registers <= MAX_REGISTERS, f"{c.name}: {c.registers} registers"
     assert re.search(r"ld\.global(\.\w+)*\.v4", c.ptx), "full blocks: loads not vectorised"
     if const["HAS_GRAD"]:
@@ -57,20 +46,6 @@ def _compile_and_check(kernel, sig, const, opts):
     return c
 
 
-@pytest.mark.parametrize("kernel, sig, const, opts", QUICK)
-def test_cross_entropy_compiles_for_sm90(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
-
-
-@pytest.fixture
-def _only_when_slow_selected(request):
-    expr = request.config.getoption("markexpr") or ""
-    if "slow" not in expr or "not slow" in expr:
-        pytest.skip("the full compile matrix runs with -m slow")
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("_only_when_slow_selected")
-@pytest.mark.parametrize("kernel, sig, const, opts", FULL)
-def test_cross_entropy_compiles_for_sm90_full(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
+test_cross_entropy_compiles_for_sm90, test_cross_entropy_compiles_for_sm90_full = quick_and_full(
+    QUICK, FULL, _compile_and_check
+)

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 
 import importlib  # noqa: E402
 
-from llm2vec_fast.kernels._aot import compile_sm90  # noqa: E402
+from l2vf_support.sm90 import params, quick_and_full  # noqa: E402
 
 # the modules, not the same-named public functions that llm2vec_fast.kernels re-exports
 glu, rms_norm, rope = (
@@ -38,21 +38,14 @@ HEADS = (  # (n_q_heads, n_kv_heads, head_dim)
 DTYPES = ("bf16", "fp16", "fp32")
 
 
-def _params(configs):
-    return [
-        pytest.param(kernel, sig, const, opts, id=label)
-        for label, kernel, sig, const, opts in configs
-    ]
-
-
-QUICK = _params(
+QUICK = params(
     [
         *rms_norm._sm90_configs([4096], ["bf16"]),
         *rope._sm90_configs([(32, 8, 128)], ["bf16"]),
         *glu._sm90_configs([14336], ["bf16"], ["silu"]),
     ]
 )
-FULL = _params(
+FULL = params(
     [
         *rms_norm._sm90_configs(HIDDEN, DTYPES),
         *rope._sm90_configs(HEADS, DTYPES),
@@ -61,49 +54,20 @@ FULL = _params(
 )
 
 
-def _compile_and_check(kernel, sig, const, opts):
-    c = compile_sm90(kernel, sig, const, **opts)
-    assert c.num_warps == opts["num_warps"]
-    if c.spill_bytes is not None:  # None: cuobjdump missing from the triton wheel
-        assert c.spill_bytes == 0 and c.stack_bytes == 0, (
-            f"{c.name}: {c.spill_bytes} bytes spilled, {c.registers} registers"
-        )
-
-
-@pytest.mark.parametrize("kernel, sig, const, opts", QUICK)
-def test_compiles_for_sm90_without_spills(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
-
-
-@pytest.fixture
-def _only_when_slow_selected(request):
-    expr = request.config.getoption("markexpr") or ""
-    if "slow" not in expr or "not slow" in expr:
-        pytest.skip("the full compile matrix runs with -m slow")
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("_only_when_slow_selected")
-@pytest.mark.parametrize("kernel, sig, const, opts", FULL)
-def test_compiles_for_sm90_without_spills_full(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
+test_compiles_for_sm90_without_spills, test_compiles_for_sm90_without_spills_full = quick_and_full(
+    QUICK, FULL
+)
 
 
 # Segment pooling (kernels/pooling.py): forward and backward, every mode, at the launchers'
 # block sizes for the hidden sizes above.
 pooling = importlib.import_module("llm2vec_fast.kernels.pooling")
 
-POOL_QUICK = _params(pooling._sm90_configs([4096], ["bf16"]))
-POOL_FULL = _params(pooling._sm90_configs(HIDDEN, DTYPES))
+POOL_QUICK = params(pooling._sm90_configs([4096], ["bf16"]))
+POOL_FULL = params(pooling._sm90_configs(HIDDEN, DTYPES))
 
 
-@pytest.mark.parametrize("kernel, sig, const, opts", POOL_QUICK)
-def test_pooling_compiles_for_sm90_without_spills(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("_only_when_slow_selected")
-@pytest.mark.parametrize("kernel, sig, const, opts", POOL_FULL)
-def test_pooling_compiles_for_sm90_without_spills_full(kernel, sig, const, opts):
-    _compile_and_check(kernel, sig, const, opts)
+(
+    test_pooling_compiles_for_sm90_without_spills,
+    test_pooling_compiles_for_sm90_without_spills_full,
+) = quick_and_full(POOL_QUICK, POOL_FULL)

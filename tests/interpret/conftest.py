@@ -9,6 +9,7 @@ is marked ``interpret``.
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 
@@ -26,3 +27,12 @@ class InterpretModule(pytest.Module):
 
 def pytest_pycollect_makemodule(module_path, parent):
     return InterpretModule.from_parent(parent, path=module_path)
+
+
+@pytest.fixture
+def seed_from_test_name(request):
+    """Seeds torch's global generator from the test's name (parameters included): each case
+    draws its own inputs, the same in every run."""
+    import torch
+
+    torch.manual_seed(zlib.crc32(request.node.name.encode()))

@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from l2vf_support.packed import cu_seqlens
 from llm2vec_fast import kernels
 from llm2vec_fast.kernels import flash_varlen_kernels as fk
 from llm2vec_fast.kernels.dropout_seeds import draw_dropout_seed
@@ -55,12 +56,6 @@ def _counts(spies):
     return counts
 
 
-def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return cu
-
-
 def _fresh_seed() -> int:
     return random.SystemRandom().randrange(1 << 31)
 
@@ -73,7 +68,9 @@ def test_backward_launches_no_forward_kernel(spies, causal, dropout_p):
     total = sum(LENGTHS)
     q = torch.randn(total, 4, 16, generator=g, requires_grad=True)
     k, v = (torch.randn(total, 2, 16, generator=g, requires_grad=True) for _ in range(2))
-    out = kernels.varlen_attention(q, k, v, _cu(LENGTHS), max(LENGTHS), causal, None, dropout_p)
+    out = kernels.varlen_attention(
+        q, k, v, cu_seqlens(LENGTHS), max(LENGTHS), causal, None, dropout_p
+    )
     assert _counts(spies) == {FORWARD: 1, **dict.fromkeys(BACKWARD, 0)}, f"data seed {seed}"
     out.backward(torch.randn(out.shape, generator=g))
     assert _counts(spies) == {FORWARD: 0, **dict.fromkeys(BACKWARD, 1)}, f"data seed {seed}"
@@ -95,7 +92,7 @@ def test_model_backward_launches_no_forward_kernel(spies):
     lengths = [n for n in LENGTHS if n]
     ids = torch.randint(0, 101, (sum(lengths),), generator=torch.Generator().manual_seed(seed))
     pos = torch.cat([torch.arange(n) for n in lengths])
-    hidden = model(ids, _cu(lengths), pos, max(lengths))
+    hidden = model(ids, cu_seqlens(lengths), pos, max(lengths))
     layers = len(model.layers)
     assert _counts(spies) == {FORWARD: layers, **dict.fromkeys(BACKWARD, 0)}, f"seed {seed}"
     hidden.pow(2).sum().backward()
@@ -110,7 +107,7 @@ def test_model_attention_matches_the_custom_ops(dropout_p):
     seed = _fresh_seed()
     model = _tiny_model(seed, dropout=dropout_p)
     attn = model.layers[0].self_attn
-    cu, mx, total = _cu(LENGTHS), max(LENGTHS), sum(LENGTHS)
+    cu, mx, total = cu_seqlens(LENGTHS), max(LENGTHS), sum(LENGTHS)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(total, 64, generator=g)
     w = torch.randn(total, 64, generator=g)

@@ -8,8 +8,6 @@ Losses and gradients are judged against a float64 reference: the kernel's error 
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -31,9 +29,7 @@ VOCABS = (1, 7, 97, 1000, 50257)  # 50257: 12 full blocks of 4096 and a tail of 
 IGNORE = -100
 
 
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))
+pytestmark = pytest.mark.usefixtures("seed_from_test_name")
 
 
 def _targets(n: int, vocab: int) -> torch.Tensor:

@@ -25,11 +25,11 @@ import torch  # noqa: E402
 import torch.utils.checkpoint  # noqa: E402
 
 from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from l2vf_support.packed import cu_seqlens, eager_probs, per_text_attention, run_qkv, small_tiles  # noqa: E402
 from llm2vec_fast import kernels  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen_attention, ops  # noqa: E402
 from llm2vec_fast.kernels.dropout_seeds import philox_key  # noqa: E402
 from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
-    FlashTiles,
     flash_varlen_bwd,
     flash_varlen_dropout_mask,
     flash_varlen_fwd,
@@ -40,16 +40,7 @@ from llm2vec_fast.kernels.varlen import Varlen  # noqa: E402
 # small tiles with BLOCK_M != BLOCK_N (fwd 32 x 16, dK/dV 16 x 32, dQ 32 x 16): several blocks
 # per text, and a tiling unlike the mask helper's 32 x 32, so a mask that depended on the tiling
 # would not match
-SMALL = FlashTiles(
-    BLOCK_D=16, BLOCK_M=32, BLOCK_N=16, fwd_warps=4, fwd_stages=1, BLOCK_M1=16, BLOCK_N1=32,
-    dkdv_warps=4, BLOCK_M2=32, BLOCK_N2=16, dq_warps=4, bwd_stages=1, PRE_BLOCK=16,
-)  # fmt: skip
-
-
-def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return cu
+SMALL = small_tiles()
 
 
 def _masked_attention(q, k, v, lengths, causal, scale, keep, p):
@@ -57,29 +48,14 @@ def _masked_attention(q, k, v, lengths, causal, scale, keep, p):
 
     keep: ``[Hq, T, max_seqlen]`` bool, the kernel's mask (key index counted inside the text).
     """
-    groups = q.shape[1] // k.shape[1]
-    outs, s = [], 0
-    for n in lengths:
-        if n:
-            qs, ks, vs = (x[s : s + n].transpose(0, 1) for x in (q, k, v))
-            ks, vs = ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0)
-            w = qs @ ks.transpose(1, 2) * scale
-            if causal:
-                w = w.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
-            probs = w.softmax(-1)
-            if p > 0:
-                probs = probs * keep[:, s : s + n, :n].to(probs.dtype) / (1 - p)
-            outs.append((probs @ vs).transpose(0, 1))
-        s += n
-    return torch.cat(outs) if outs else q[:0] * 0
 
+    def attend(qs, ks, vs, s, n):
+        probs = eager_probs(qs, ks, scale, causal)
+        if p > 0:
+            probs = probs * keep[:, s : s + n, :n].to(probs.dtype) / (1 - p)
+        return probs @ vs
 
-def _run(fn, q, k, v, do):
-    """Output and (dq, dk, dv) of ``fn`` at leaf copies of q, k, v."""
-    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
-    out = fn(*leaves)
-    out.backward(do.to(out.dtype))
-    return [out.detach()] + [x.grad for x in leaves]
+    return per_text_attention(q, k, v, lengths, attend)
 
 
 def _inputs(lengths, hq, hkv, d, dtype, seed):
@@ -123,9 +99,9 @@ def _case_id(c):
 
 def _flash(lengths, causal, scale, tiles, d, p, seed, offset=0):
     """(out, dq, dk, dv) of the flash kernels for (q, k, v, do)."""
-    cu = _cu(lengths)
+    cu = cu_seqlens(lengths)
     if tiles is None:
-        return lambda q, k, v, do: _run(
+        return lambda q, k, v, do: run_qkv(
             lambda q, k, v: flash_varlen_attention(
                 q, k, v, cu, max(lengths), causal, scale, p, seed, offset
             ), q, k, v, do,
@@ -147,7 +123,7 @@ def test_dropout_matches_float64_with_the_kernels_mask(case, dtype, floor):
     seed = zlib.crc32(_case_id(case).encode())
     q, k, v, do = _inputs(lengths, hq, hkv, d, dtype, seed)
     scale = 0.3
-    keep = flash_varlen_dropout_mask(_cu(lengths), max(lengths), hq, p, seed=seed, offset=7)
+    keep = flash_varlen_dropout_mask(cu_seqlens(lengths), max(lengths), hq, p, seed=seed, offset=7)
 
     got = _flash(lengths, causal, scale, tiles, d, p, seed, offset=7)(q, k, v, do)
     assert got[0].dtype == dtype and got[0].shape == q.shape
@@ -155,8 +131,8 @@ def test_dropout_matches_float64_with_the_kernels_mask(case, dtype, floor):
     def eager(q, k, v):
         return _masked_attention(q, k, v, lengths, causal, scale, keep, p)
 
-    ref64 = _run(eager, *(x.double() for x in (q, k, v, do)))
-    ref_low = _run(eager, q, k, v, do)
+    ref64 = run_qkv(eager, *(x.double() for x in (q, k, v, do)))
+    ref_low = run_qkv(eager, q, k, v, do)
     for name, a, r, r64 in zip(("out", "dq", "dk", "dv"), got, ref_low, ref64):
         assert torch.isfinite(a).all(), f"{name}: NaN/inf"
         assert_close_2x(a, r, r64, atol=floor, rtol=0, what=f"{name} {_case_id(case)}")
@@ -176,7 +152,7 @@ def test_the_mask_is_what_the_kernel_applies():
     for n in lengths:  # v[s + j] = e_j: out[t, h, j] = P_dropped[t, j]
         v[s : s + n, 0, :n] = torch.eye(n)
         s += n
-    cu = _cu(lengths)
+    cu = cu_seqlens(lengths)
     out = flash_varlen_attention(q, k, v, cu, max(lengths), dropout_p=p, seed=seed)
     undropped = flash_varlen_attention(q, k, v, cu, max(lengths))
     keep = flash_varlen_dropout_mask(cu, max(lengths), hq, p, seed)
@@ -212,7 +188,7 @@ def test_mask_is_the_documented_philox_stream():
     """keep[h, t, j] = (16-bit half j % 2 of word (j % 8) // 2 of Philox-4x32-7 keyed by the
     hashed seed at counter (j // 8, t, h, offset)) >= ceil(p * 2**16), computed here in numpy."""
     lengths, hq, p, seed, offset = [21, 9], 2, 0.3, 5, 3
-    keep = flash_varlen_dropout_mask(_cu(lengths), max(lengths), hq, p, seed, offset)
+    keep = flash_varlen_dropout_mask(cu_seqlens(lengths), max(lengths), hq, p, seed, offset)
     h, t, j = np.meshgrid(np.arange(hq), np.arange(sum(lengths)), np.arange(max(lengths)),
                           indexing="ij")  # fmt: skip
     words = _philox4x32(philox_key(seed), j // 8, t, h, np.full_like(j, offset), rounds=7)
@@ -241,7 +217,7 @@ def _agreement_bound(p, n):
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9])
 def test_keep_fraction_is_one_minus_p(p):
     lengths, hq = [97, 130, 33, 1], 2
-    keep = flash_varlen_dropout_mask(_cu(lengths), max(lengths), hq, p, seed=1234)
+    keep = flash_varlen_dropout_mask(cu_seqlens(lengths), max(lengths), hq, p, seed=1234)
     valid = _valid(lengths, hq)
     assert not keep[~valid].any(), "entries past a text's length must be False"
     n = int(valid.sum())
@@ -260,7 +236,7 @@ def test_masks_differ_across_heads_texts_rows_keys_and_offsets():
     """Two independent masks agree on a fraction p^2 + (1-p)^2 of entries; the same mask on 1."""
     p, hq = 0.3, 3
     lengths = [96, 96]
-    cu, mx = _cu(lengths), max(lengths)
+    cu, mx = cu_seqlens(lengths), max(lengths)
     keep = flash_varlen_dropout_mask(cu, mx, hq, p, seed=77)
     expect = p * p + (1 - p) * (1 - p)
     a = keep[:, :96, :]  # text 0
@@ -290,7 +266,7 @@ def test_masks_differ_across_heads_texts_rows_keys_and_offsets():
 def test_large_offsets_and_seeds():
     """Offsets use all 32 bits (2**31 and 2**32 - 1 give their own masks); seeds are any ints
     (taken modulo 2**64)."""
-    cu, mx, hq, p = _cu([64]), 64, 2, 0.5
+    cu, mx, hq, p = cu_seqlens([64]), 64, 2, 0.5
     masks = [
         flash_varlen_dropout_mask(cu, mx, hq, p, seed=s, offset=o)
         for s, o in [(0, 0), (0, 1 << 31), (0, (1 << 32) - 1), (-1, 0), (1 << 40, 0)]
@@ -312,7 +288,7 @@ def test_large_offsets_and_seeds():
 def _small_case(dtype=torch.float32):
     lengths = [7, 1, 24]
     q, k, v, do = _inputs(lengths, 4, 2, 16, dtype, 5)
-    return lengths, _cu(lengths), q, k, v, do
+    return lengths, cu_seqlens(lengths), q, k, v, do
 
 
 def test_same_seed_same_output_other_seed_other_output():
@@ -320,7 +296,7 @@ def test_same_seed_same_output_other_seed_other_output():
     mx = max(lengths)
 
     def run(seed, offset=0):
-        return _run(
+        return run_qkv(
             lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, False, None, 0.3, seed, offset),
             q, k, v, do,
         )  # fmt: skip
@@ -356,9 +332,9 @@ def test_gradient_checkpointing_replays_the_mask():
         return flash_varlen_attention(q @ w, k, v, cu, mx, dropout_p=0.3) @ w
 
     torch.manual_seed(1)
-    plain = _run(layer, q, k, v, do)
+    plain = run_qkv(layer, q, k, v, do)
     torch.manual_seed(1)
-    ckpt = _run(
+    ckpt = run_qkv(
         lambda q, k, v: torch.utils.checkpoint.checkpoint(layer, q, k, v, use_reentrant=False),
         q, k, v, do,
     )  # fmt: skip
@@ -374,8 +350,8 @@ def test_gradient_checkpointing_replays_the_mask():
 def test_p_zero_is_the_no_dropout_path(dtype, causal):
     lengths, cu, q, k, v, do = _small_case(dtype)
     mx = max(lengths)
-    plain = _run(lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, causal), q, k, v, do)
-    zero = _run(
+    plain = run_qkv(lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, causal), q, k, v, do)
+    zero = run_qkv(
         lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, causal, None, 0.0, 123, 5),
         q, k, v, do,
     )  # fmt: skip
@@ -388,28 +364,29 @@ def test_p_zero_is_the_no_dropout_path(dtype, causal):
 # ---- dispatcher and custom op -------------------------------------------------------------
 
 
-def test_dispatcher_routes_dropout_to_the_flash_kernel():
-    lengths, cu, q, k, v, do = _small_case()
+def _assert_as_the_flash_kernel(attention, case):
+    """``attention(q, k, v, cu, mx, dropout_p=0.3, seed=9)`` gives the flash kernel's output and
+    gradients, bit for bit."""
+    lengths, cu, q, k, v, do = case
     mx = max(lengths)
-    got = _run(lambda q, k, v: kernels.varlen_attention(q, k, v, cu, mx, dropout_p=0.3, seed=9),
-               q, k, v, do)  # fmt: skip
-    want = _run(lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, dropout_p=0.3, seed=9),
-                q, k, v, do)  # fmt: skip
+    got = run_qkv(lambda q, k, v: attention(q, k, v, cu, mx, dropout_p=0.3, seed=9), q, k, v, do)
+    want = run_qkv(lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, dropout_p=0.3, seed=9),
+                   q, k, v, do)  # fmt: skip
     for name, x, y in zip(("out", "dq", "dk", "dv"), got, want):
         assert torch.equal(x, y), name
+
+
+def test_dispatcher_routes_dropout_to_the_flash_kernel():
+    _assert_as_the_flash_kernel(kernels.varlen_attention, _small_case())
 
 
 def test_custom_op_carries_dropout():
     """``ops.varlen_attention`` with a seed: the flash kernel's output and gradients (its
     backward regenerates the forward's mask); without one it draws a seed per call."""
-    lengths, cu, q, k, v, do = _small_case()
+    case = _small_case()
+    _assert_as_the_flash_kernel(ops.varlen_attention, case)
+    lengths, cu, q, k, v, _ = case
     mx = max(lengths)
-    got = _run(lambda q, k, v: ops.varlen_attention(q, k, v, cu, mx, dropout_p=0.3, seed=9),
-               q, k, v, do)  # fmt: skip
-    want = _run(lambda q, k, v: flash_varlen_attention(q, k, v, cu, mx, dropout_p=0.3, seed=9),
-                q, k, v, do)  # fmt: skip
-    for name, x, y in zip(("out", "dq", "dk", "dv"), got, want):
-        assert torch.equal(x, y), name
     torch.manual_seed(4)
     a = ops.varlen_attention(q, k, v, cu, mx, dropout_p=0.3)
     b = ops.varlen_attention(q, k, v, cu, mx, dropout_p=0.3)

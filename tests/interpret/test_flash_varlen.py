@@ -11,15 +11,14 @@ tests/test_kernels_ref.py judges the PyTorch paths). GPU compiles: test_kernels_
 from __future__ import annotations
 
 import dataclasses
-import math
 import zlib
 
 import pytest
 import torch  # noqa: E402
 
+from l2vf_support.packed import cu_seqlens, eager_probs, per_text_attention, run_qkv, small_tiles  # noqa: E402
 from llm2vec_fast.kernels import flash_varlen_attention  # noqa: E402
 from llm2vec_fast.kernels.flash_varlen import (  # noqa: E402
-    FlashTiles,
     flash_varlen_bwd,
     flash_varlen_fwd,
     flash_varlen_tiles,
@@ -28,59 +27,20 @@ from llm2vec_fast.kernels.varlen import Varlen  # noqa: E402
 
 SEED = 0  # data are fixed per case (python's str hash is salted per process)
 
-# small tiles with BLOCK_M != BLOCK_N: several query blocks per text, causal diagonals that
-# cut through blocks, the dK/dV query loop starting mid-text
-SMALL = FlashTiles(
-    BLOCK_D=16,
-    BLOCK_M=32,
-    BLOCK_N=16,
-    fwd_warps=4,
-    fwd_stages=1,
-    BLOCK_M1=16,
-    BLOCK_N1=32,
-    dkdv_warps=4,
-    BLOCK_M2=32,
-    BLOCK_N2=16,
-    dq_warps=4,
-    bwd_stages=1,
-    PRE_BLOCK=16,
-)
-
-
-def _cu(lengths):
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return cu
+SMALL = small_tiles()  # BLOCK_M != BLOCK_N
 
 
 def _per_text(q, k, v, lengths, causal, scale, f64):
     """Attention one text at a time: float64 eager (the truth) or torch SDPA in q's dtype."""
-    groups = q.shape[1] // k.shape[1]
-    outs, s = [], 0
-    for n in lengths:
-        if n:
-            qs, ks, vs = (x[s : s + n].transpose(0, 1) for x in (q, k, v))
-            ks, vs = ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0)
-            if f64:
-                w = qs @ ks.transpose(1, 2) * scale
-                if causal:
-                    w = w.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
-                o = w.softmax(-1) @ vs
-            else:
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    qs[None], ks[None], vs[None], is_causal=causal, scale=scale
-                )[0]
-            outs.append(o.transpose(0, 1))
-        s += n
-    return torch.cat(outs) if outs else q[:0] * 0
 
+    def attend(qs, ks, vs, s, n):
+        if f64:
+            return eager_probs(qs, ks, scale, causal) @ vs
+        return torch.nn.functional.scaled_dot_product_attention(
+            qs[None], ks[None], vs[None], is_causal=causal, scale=scale
+        )[0]
 
-def _run(fn, q, k, v, do):
-    """Output and (dq, dk, dv) of ``fn`` at leaf copies of q, k, v."""
-    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
-    out = fn(*leaves)
-    out.backward(do.to(out.dtype))
-    return [out.detach()] + [x.grad for x in leaves]
+    return per_text_attention(q, k, v, lengths, attend)
 
 
 def assert_within(name, got, ref, base, floor):
@@ -147,10 +107,10 @@ def test_flash_varlen_matches_float64(case, dtype, floor):
     do = torch.randn(total, hq, d, generator=g)
     q, k, v, do = (x.to(dtype) for x in (q, k, v, do))  # the values both sides see
     scale = 0.3
-    cu = _cu(lengths)
+    cu = cu_seqlens(lengths)
 
     if tiles is None:
-        got = _run(lambda q, k, v: flash_varlen_attention(q, k, v, cu, max(lengths), causal, scale),
+        got = run_qkv(lambda q, k, v: flash_varlen_attention(q, k, v, cu, max(lengths), causal, scale),
                    q, k, v, do)  # fmt: skip
     else:  # the launchers take tiles (the custom ops use the table's)
         t = dataclasses.replace(tiles, BLOCK_D=flash_varlen_tiles(d).BLOCK_D)
@@ -158,9 +118,9 @@ def test_flash_varlen_matches_float64(case, dtype, floor):
         o, lse = flash_varlen_fwd(q, k, v, opts, t)
         got = [o, *flash_varlen_bwd(do, q, k, v, o, lse, opts, t)]
     assert got[0].dtype == dtype and got[0].shape == q.shape
-    ref = _run(lambda *x: _per_text(*x, lengths, causal, scale, True), *(
+    ref = run_qkv(lambda *x: _per_text(*x, lengths, causal, scale, True), *(
         x.double() for x in (q, k, v, do)))  # fmt: skip
-    torch_low = _run(lambda *x: _per_text(*x, lengths, causal, scale, False), q, k, v, do)
+    torch_low = run_qkv(lambda *x: _per_text(*x, lengths, causal, scale, False), q, k, v, do)
     for name, a, r, b in zip(("out", "dq", "dk", "dv"), got, ref, torch_low):
         base = (b.double() - r).abs().max().item() if r.numel() else 0.0
         assert_within(f"{name} ({dtype}, {_case_id(case)})", a, r, base, floor)
@@ -170,7 +130,7 @@ def test_lse_is_natural_log():
     lengths, hq, d = [5, 11], 2, 16
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(16, hq, d, generator=g) for _ in range(3))
-    _, lse = flash_varlen_fwd(q, k, v, Varlen(_cu(lengths), 11, softmax_scale=0.25))
+    _, lse = flash_varlen_fwd(q, k, v, Varlen(cu_seqlens(lengths), 11, softmax_scale=0.25))
     assert lse.shape == (hq, 16) and lse.dtype == torch.float32
     s = 0
     for n in lengths:
@@ -188,7 +148,7 @@ def test_strided_views_of_fused_qkv():
     q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=1)
     q, k, v = q.view(total, hq, d), k.view(total, hkv, d), v.view(total, hkv, d)
     assert not q.is_contiguous()
-    out = flash_varlen_attention(q, k, v, _cu(lengths), 9)
+    out = flash_varlen_attention(q, k, v, cu_seqlens(lengths), 9)
     ref = _per_text(q.double(), k.double(), v.double(), lengths, False, d**-0.5, True)
     assert_within("out (strided)", out, ref, 0.0, 1e-5)
 
@@ -206,7 +166,7 @@ def test_tiles_table():
 def test_empty_batch(lengths):
     q = torch.randn(0, 2, 16, requires_grad=True)
     k = torch.randn(0, 1, 16, requires_grad=True)
-    out = flash_varlen_attention(q, k, k, _cu(lengths), 0)
+    out = flash_varlen_attention(q, k, k, cu_seqlens(lengths), 0)
     assert out.shape == (0, 2, 16)
     out.sum().backward()
     assert q.grad.shape == q.shape and k.grad.shape == k.shape
@@ -216,8 +176,8 @@ def test_bad_input():
     q = torch.randn(6, 3, 16)
     k = torch.randn(6, 2, 16)
     with pytest.raises(ValueError, match="multiple of kv heads"):
-        flash_varlen_attention(q, k, k, _cu([6]), 6)
+        flash_varlen_attention(q, k, k, cu_seqlens([6]), 6)
     with pytest.raises(ValueError, match="int32"):
-        flash_varlen_attention(q, q, q, _cu([6]).long(), 6)
+        flash_varlen_attention(q, q, q, cu_seqlens([6]).long(), 6)
     with pytest.raises(ValueError, match="share one of"):
-        flash_varlen_attention(q, q.half(), q, _cu([6]), 6)
+        flash_varlen_attention(q, q.half(), q, cu_seqlens([6]), 6)

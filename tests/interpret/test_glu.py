@@ -8,33 +8,20 @@ error, plus a floor.
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
-from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from l2vf_support.numerics import assert_close_2x, grads, interpreter_dtypes  # noqa: E402
 from llm2vec_fast.kernels import gated_act, gated_act_ref  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 from llm2vec_fast.kernels.glu import ACTIVATIONS  # noqa: E402
 
-DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
-    pytest.param(torch.float32, 1e-5, 1.3e-6, id="fp32"),
-    pytest.param(torch.float16, 1e-3, 1e-3, id="fp16"),
-]
+DTYPES = interpreter_dtypes()
 SHAPES = [(1, 64), (7, 123), (97, 64), (3, 1500)]  # 1500: two column blocks, the last partial
 
 
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))
-
-
-def _grads(fn, inputs, dy):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    return (out, *torch.autograd.grad(out, leaves, dy.to(out.dtype)))
+pytestmark = pytest.mark.usefixtures("seed_from_test_name")
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
@@ -49,9 +36,9 @@ def test_gated_act(shape, dtype, atol, rtol, activation):
     def fn(impl):
         return lambda g, u: impl(g, u, activation)
 
-    out = _grads(fn(gated_act), (gate.to(dtype), up.to(dtype)), dy)
-    ref = _grads(fn(gated_act_ref), (gate.to(dtype), up.to(dtype)), dy)
-    ref64 = _grads(fn(gated_act_ref), (gate.double(), up.double()), dy)
+    out = grads(fn(gated_act), (gate.to(dtype), up.to(dtype)), dy)
+    ref = grads(fn(gated_act_ref), (gate.to(dtype), up.to(dtype)), dy)
+    ref64 = grads(fn(gated_act_ref), (gate.double(), up.double()), dy)
 
     assert all(o.dtype == dtype and o.shape == shape for o in out)
     assert_close(out[0], ref[0], atol=atol, rtol=rtol)

@@ -8,29 +8,22 @@ error, plus a floor.
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
-from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from l2vf_support.numerics import assert_close_2x, interpreter_dtypes  # noqa: E402
 from llm2vec_fast.kernels import POOLING_MODES, segment_pool, segment_pool_ref  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 
-DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
-    pytest.param(torch.float32, 1e-5, 1.3e-6, id="fp32"),
-    pytest.param(torch.float16, 1e-3, 1e-3, id="fp16"),
-]
+DTYPES = interpreter_dtypes()
 # text lengths of one packed batch; the texts marked * have no masked token (mean falls back to
 # the whole text, weighted_mean gives zeros); 0 is an empty text (mean / weighted_mean only)
 LENGTHS = (1, 7, 97, 5, 33, 0, 2)
 UNMASKED = (3, 5)  # *: indices into LENGTHS
 
 
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))
+pytestmark = pytest.mark.usefixtures("seed_from_test_name")
 
 
 def _batch(mode: str, h: int, p: float = 0.5):

@@ -8,32 +8,19 @@ error, plus a floor.
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
-from l2vf_support.numerics import assert_close_2x  # noqa: E402
+from l2vf_support.numerics import assert_close_2x, grads, interpreter_dtypes  # noqa: E402
 from llm2vec_fast.kernels import rms_norm, rms_norm_ref  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 
-DTYPES = [  # (dtype, atol, rtol): the floor for each dtype (bf16 is wrong in the interpreter)
-    pytest.param(torch.float32, 1e-5, 1.3e-6, id="fp32"),
-    pytest.param(torch.float16, 1e-3, 1e-3, id="fp16"),
-]
+DTYPES = interpreter_dtypes()
 SHAPES = [(1, 64), (7, 123), (97, 64), (5, 576)]
 
 
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))
-
-
-def _grads(fn, inputs, dy):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    return (out, *torch.autograd.grad(out, leaves, dy.to(out.dtype)))
+pytestmark = pytest.mark.usefixtures("seed_from_test_name")
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
@@ -47,9 +34,9 @@ def test_rms_norm(shape, dtype, atol, rtol, gemma):
     dy = torch.randn(t, h)
     assert use_triton(x)
 
-    out = _grads(lambda a, b: rms_norm(a, b, eps, gemma), (x.to(dtype), w.to(dtype)), dy)
-    ref = _grads(lambda a, b: rms_norm_ref(a, b, eps, gemma), (x.to(dtype), w.to(dtype)), dy)
-    ref64 = _grads(lambda a, b: rms_norm_ref(a, b, eps, gemma), (x.double(), w.double()), dy)
+    out = grads(lambda a, b: rms_norm(a, b, eps, gemma), (x.to(dtype), w.to(dtype)), dy)
+    ref = grads(lambda a, b: rms_norm_ref(a, b, eps, gemma), (x.to(dtype), w.to(dtype)), dy)
+    ref64 = grads(lambda a, b: rms_norm_ref(a, b, eps, gemma), (x.double(), w.double()), dy)
 
     assert out[0].dtype == dtype and out[0].shape == (t, h)
     assert out[1].dtype == dtype and out[2].dtype == dtype
@@ -64,9 +51,9 @@ def test_rms_norm_leading_dims_and_float32_weight():
     x = (torch.randn(2, 3, 123) * 2).half()
     w = torch.randn(123) * 0.2 + 1.0
     dy = torch.randn(2, 3, 123)
-    out = _grads(lambda a, b: rms_norm(a, b, 1e-5), (x, w), dy)
-    ref = _grads(lambda a, b: rms_norm_ref(a, b, 1e-5), (x, w), dy)
-    ref64 = _grads(lambda a, b: rms_norm_ref(a, b, 1e-5), (x.double(), w.double()), dy)
+    out = grads(lambda a, b: rms_norm(a, b, 1e-5), (x, w), dy)
+    ref = grads(lambda a, b: rms_norm_ref(a, b, 1e-5), (x, w), dy)
+    ref64 = grads(lambda a, b: rms_norm_ref(a, b, 1e-5), (x.double(), w.double()), dy)
     assert out[0].shape == (2, 3, 123) and out[0].dtype == ref[0].dtype == torch.float32
     assert out[1].dtype == torch.float16 and out[2].dtype == torch.float32
     assert_close(out[0], ref[0], atol=1e-5, rtol=1.3e-6)

@@ -10,4 +10,6 @@ distinctive on purpose: ``tests`` or ``support`` could be a module of an install
 - :mod:`.official`: the official llm2vec 0.2.3 logic written out plainly, as references.
 - :mod:`.numerics`: judging low-precision kernel results; :mod:`.memory`: resident memory.
 - :mod:`.sts`: the STS rows shared by the README and MTEB tests.
+- :mod:`.packed`: packed batches and per-text reference attention; :mod:`.gpu`: the CUDA kernel
+  tests' marks and cases; :mod:`.sm90`: the ahead-of-time sm_90 compile tests' pieces.
 """
