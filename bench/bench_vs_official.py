@@ -86,6 +86,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> dict:
+    """The CPU's family/model numbers and which of the vector extensions that decide matmul
+    speed it has (``/proc/cpuinfo``): "AMD EPYC" alone names both AVX2-only and AVX-512 parts."""
+    info: dict = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model") and key not in info:
+                info[key] = value.strip()
+            elif key == "flags" and "flags" not in info:
+                have = set(value.split())
+                info["flags"] = [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return info
+
+
 def setup_official() -> None:
     if not OFFICIAL_PY.exists():
         subprocess.run(["bash", str(HERE / "setup_official_env.sh")], check=True)
@@ -409,6 +430,7 @@ def main() -> None:
     result: dict = {
         "machine": {
             "cpu": cpu_name(),
+            "cpu_isa": cpu_isa(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
