@@ -174,9 +174,15 @@ def pytest_configure(config) -> None:
 
 
 def gpu_test_files() -> list[str]:
-    """The test files that mark tests ``gpu``, relative to the repository."""
+    """The test files that mark tests ``gpu`` (``pytest.mark.gpu``, or the kernel tests' shared
+    ``COMPILED_ON_GPU`` marks from tests/l2vf_support/gpu.py), relative to the repository."""
     files = sorted((ROOT / "tests").rglob("test_*.py"))
-    return [str(f.relative_to(ROOT)) for f in files if "mark.gpu" in f.read_text(encoding="utf-8")]
+    marks = ("mark.gpu", "COMPILED_ON_GPU")
+    return [
+        str(f.relative_to(ROOT))
+        for f in files
+        if any(m in f.read_text(encoding="utf-8") for m in marks)
+    ]
 
 
 # ---------------------------------------------------------------------------------- the run

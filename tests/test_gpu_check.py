@@ -275,3 +275,19 @@ def test_the_carried_tokenizer_stands_in_for_the_gguf(tmp_path, monkeypatch):
     monkeypatch.setenv("GPU_CHECK_SMOLLM2_TOKENIZER", str(path))
     mod.pytest_configure(None)
     assert testing.smollm2_tokenizer_json() == '{"model": {"vocab": {}}}'
+
+
+def test_the_gpu_stage_runs_every_file_with_gpu_tests():
+    """The pytest stage names its files (the GPU machine collects no others); every file that
+    pytest collects a ``gpu`` test from must be among them, however the file marks its tests."""
+    spec = importlib.util.spec_from_file_location("gpu_check_files", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--co", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    collected = {line.split("::")[0] for line in r.stdout.splitlines() if "::" in line}
+    assert collected, r.stdout + r.stderr
+    assert collected <= set(mod.gpu_test_files()), collected - set(mod.gpu_test_files())
