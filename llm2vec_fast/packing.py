@@ -22,10 +22,11 @@ per batch go back to input order with ``out[batch.indices] = batch_result``.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -64,6 +65,11 @@ class PackedBatch:
         pool_mask: uint8 ``[total]``, 1 on the pooled tokens (the last
             ``min(pool_length, len)`` of each text), 0 elsewhere.
         max_seqlen: the longest text in the batch (0 when all are empty).
+        labels: training only (:meth:`in_order` batches): long ``[total]``, the MNTP targets,
+            ``-100`` where nothing is predicted; None elsewhere.
+
+    Training builds the same type with :meth:`in_order` (texts in their given order, torch
+    tensors on the CPU): the objectives rely on the order, and MNTP adds ``labels``.
     """
 
     indices: np.ndarray
@@ -72,6 +78,7 @@ class PackedBatch:
     position_ids: np.ndarray
     pool_mask: np.ndarray
     max_seqlen: int
+    labels: Any = None
 
     @property
     def n_texts(self) -> int:
@@ -118,7 +125,21 @@ class PackedBatch:
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> PackedBatch:
         """The same batch with torch tensors on ``device`` (the form the model and pooling
         take): ``input_ids`` int64, ``cu_seqlens`` and ``position_ids`` int32, ``pool_mask``
-        bool; ``indices`` stay the host array (they place results on the host)."""
+        bool; ``indices`` stay the host array (they place results on the host). A batch already
+        of tensors (:meth:`in_order`, or one moved before) moves each tensor."""
+        if not isinstance(self.input_ids, np.ndarray):
+
+            def move(t):
+                return None if t is None else t.to(device, non_blocking=non_blocking)
+
+            return dataclasses.replace(
+                self,
+                input_ids=move(self.input_ids),
+                cu_seqlens=move(self.cu_seqlens),
+                position_ids=move(self.position_ids),
+                pool_mask=move(self.pool_mask),
+                labels=move(self.labels),
+            )
         t = self.to_torch(device, non_blocking=non_blocking)
         return PackedBatch(
             self.indices,
@@ -128,6 +149,29 @@ class PackedBatch:
             t["pool_mask"],
             int(self.max_seqlen),
         )
+
+    @classmethod
+    def in_order(cls, ids: list[list[int]], pool_lengths: list[int] | None = None) -> PackedBatch:
+        """Texts back to back in the given order, as CPU torch tensors (the training form:
+        ``input_ids`` and ``position_ids`` int64, ``cu_seqlens`` int32); ``pool_lengths[i]``:
+        the last tokens of text ``i`` that are pooled (its text, not its instruction), or None
+        for no ``pool_mask`` (MNTP pools nothing)."""
+        import torch
+
+        lengths = [len(x) for x in ids]
+        cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
+        flat = torch.tensor([t for x in ids for t in x], dtype=torch.long)
+        pos = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths]) if ids else flat
+        pool = None
+        if pool_lengths is not None:
+            pool = torch.zeros(len(flat), dtype=torch.bool)
+            for i, (n, p) in enumerate(zip(lengths, pool_lengths)):
+                p = min(p, n)
+                if p > 0:
+                    pool[int(cu[i + 1]) - p : int(cu[i + 1])] = True
+        indices = np.arange(len(ids), dtype=np.int64)
+        return cls(indices, flat, cu, pos, pool, max(lengths, default=0))
 
     @classmethod
     def from_padded(

@@ -20,7 +20,7 @@ from llm2vec_fast._layout import subpackage_path
 __path__ = subpackage_path(__file__, "training")
 
 
-from llm2vec_fast.training.data import DataError, mntp_mask, pack  # noqa: E402
+from llm2vec_fast.training.data import DataError, mntp_mask  # noqa: E402
 from llm2vec_fast.training.losses import (  # noqa: E402
     contrastive_loss,
     cos_sim,
@@ -39,6 +39,5 @@ __all__ = [
     "linear_cross_entropy",
     "mntp_loss",
     "mntp_mask",
-    "pack",
     "train",
 ]

@@ -20,6 +20,7 @@ import llm2vec_fast.training.losses as losses_mod
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.cli import main as cli_main
 from llm2vec_fast.loading import build_encoder
+from llm2vec_fast.packing import PackedBatch
 from llm2vec_fast.testing import make_tiny_checkpoint
 from llm2vec_fast.training import (
     TrainConfig,
@@ -27,7 +28,6 @@ from llm2vec_fast.training import (
     linear_cross_entropy,
     mntp_loss,
     mntp_mask,
-    pack,
     train,
 )
 from llm2vec_fast.training.objectives import Supervised, gradcache_loss
@@ -157,7 +157,7 @@ def test_mntp_loss_equals_hf_causal_lm_loss_per_text(seed):
     g = torch.Generator().manual_seed(seed)
     lengths = [9, 1, 17, 4, 30][seed:] + [6]
     texts = [torch.randint(3, 211, (n,), generator=g).tolist() for n in lengths]
-    packed = pack(texts)
+    packed = PackedBatch.in_order(texts)
     inputs, labels = mntp_mask(
         packed.input_ids, torch.tensor([0, 1, 2]), probability=0.4, mask_token_id=2,
         vocab_size=211, generator=g,

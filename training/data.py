@@ -1,5 +1,6 @@
-"""Training data: streamed texts and triples, a seeded shuffle buffer, packed batches, and
-MNTP masking.
+"""Training data: streamed texts and triples, a seeded shuffle buffer, and MNTP masking (the
+batches are :class:`llm2vec_fast.packing.PackedBatch`, packed in order by
+:meth:`~llm2vec_fast.packing.PackedBatch.in_order`).
 
 Texts (MNTP, SimCSE): a .txt file (one text a line) or .jsonl (a ``text`` field), or a directory
 or glob of them (:mod:`llm2vec_fast.io_formats` reads them, streamed); blank texts are skipped.
@@ -148,51 +149,6 @@ def batches(
 
 
 # ---------------------------------------------------------------------------------- packing
-
-
-@dataclass
-class Packed:
-    """A packed, padding-free training batch (the layout of :class:`llm2vec_fast.packing.PackedBatch`)."""
-
-    input_ids: torch.Tensor  # long [T]
-    cu_seqlens: torch.Tensor  # int32 [n + 1]
-    position_ids: torch.Tensor  # long [T]
-    max_seqlen: int
-    pool_mask: torch.Tensor | None = None  # bool [T]
-    labels: torch.Tensor | None = None  # long [T], IGNORE_INDEX where not predicted
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.input_ids.numel())
-
-    def to(self, device) -> Packed:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)
-        return Packed(
-            move(self.input_ids),
-            move(self.cu_seqlens),
-            move(self.position_ids),
-            self.max_seqlen,
-            move(self.pool_mask),
-            move(self.labels),
-        )
-
-
-def pack(ids: list[list[int]], pool_lengths: list[int] | None = None) -> Packed:
-    """Texts back to back in the given order; ``pool_lengths[i]``: the last tokens of text ``i``
-    that are pooled (its text, not its instruction)."""
-    lengths = [len(x) for x in ids]
-    cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
-    flat = torch.tensor([t for x in ids for t in x], dtype=torch.long)
-    pos = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths]) if ids else flat
-    pool = None
-    if pool_lengths is not None:
-        pool = torch.zeros(len(flat), dtype=torch.bool)
-        for i, (n, p) in enumerate(zip(lengths, pool_lengths)):
-            p = min(p, n)
-            if p > 0:
-                pool[int(cu[i + 1]) - p : int(cu[i + 1])] = True
-    return Packed(flat, cu, pos, max(lengths, default=0), pool)
 
 
 def chunk_ids(ids: list[int], max_len: int) -> list[list[int]]:

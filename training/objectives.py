@@ -4,15 +4,16 @@ contrastive batches."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from llm2vec_fast.packing import PackedBatch
 from llm2vec_fast.training.data import (
-    Packed,
     chunk_ids,
     iter_texts,
     iter_triples,
     mntp_mask,
-    pack,
     resolve_mask_token,
     special_token_ids,
 )
@@ -28,20 +29,20 @@ class Objective:
     def items(self):
         return iter_texts(self.config.data, self.config.text_column)
 
-    def forward(self, packed: Packed) -> torch.Tensor:
+    def forward(self, packed: PackedBatch) -> torch.Tensor:
         return self.enc.model(
             packed.input_ids, packed.cu_seqlens, packed.position_ids, packed.max_seqlen
         )
 
-    def pooled(self, packed: Packed) -> torch.Tensor:
+    def pooled(self, packed: PackedBatch) -> torch.Tensor:
         hidden = self.forward(packed)
         return self.enc.runner.pool(hidden, packed)
 
-    def encode_texts(self, pairs: list[tuple[str, str]]) -> Packed:
+    def encode_texts(self, pairs: list[tuple[str, str]]) -> PackedBatch:
         """Pairs ``(instruction, text)`` -> a packed batch with the official joining, prompt
         wrapping and pooled spans (as ``LLM2Vec.encode``), truncated to max_seq_length."""
         ids, pool_lengths = self.enc.text.token_ids(self.enc.text.joined(pairs))
-        return pack(ids, pool_lengths)
+        return PackedBatch.in_order(ids, pool_lengths)
 
 
 class MNTP(Objective):
@@ -61,9 +62,9 @@ class MNTP(Objective):
         for text in super().items():
             yield from chunk_ids(tok(text)["input_ids"], self.config.max_seq_length)
 
-    def prepare(self, pieces: list[list[int]]) -> Packed:
-        packed = pack(pieces)
-        packed.input_ids, packed.labels = mntp_mask(
+    def prepare(self, pieces: list[list[int]]) -> PackedBatch:
+        packed = PackedBatch.in_order(pieces)
+        inputs, labels = mntp_mask(
             packed.input_ids,
             self.special,
             probability=self.config.mlm_probability,
@@ -72,9 +73,9 @@ class MNTP(Objective):
             all_mask=self.config.all_mask,
             generator=self.generator,
         )
-        return packed
+        return dataclasses.replace(packed, input_ids=inputs, labels=labels)
 
-    def loss(self, packed: Packed) -> torch.Tensor:
+    def loss(self, packed: PackedBatch) -> torch.Tensor:
         hidden = self.forward(packed)
         loss, _ = mntp_loss(hidden, self.head, packed.labels, packed.cu_seqlens)
         return loss
@@ -91,10 +92,10 @@ class Contrastive(Objective):
     def loss_from_reps(self, reps: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def prepare(self, items) -> Packed:
+    def prepare(self, items) -> PackedBatch:
         return self.encode_texts(self.pairs(items))
 
-    def loss(self, packed: Packed) -> torch.Tensor:
+    def loss(self, packed: PackedBatch) -> torch.Tensor:
         return self.loss_from_reps(self.pooled(packed))
 
 
@@ -147,7 +148,7 @@ def gradcache_loss(objective, packed_pairs, chunk: int, backward) -> torch.Tenso
             (torch.get_rng_state(), torch.cuda.get_rng_state() if dev.type == "cuda" else None)
         )
         with torch.no_grad():
-            reps.append(objective.pooled(objective.encode_texts(c).to(dev)))
+            reps.append(objective.pooled(objective.encode_texts(c).to(dev, non_blocking=True)))
     all_reps = torch.cat(reps).detach().requires_grad_(True)
     loss = objective.loss_from_reps(all_reps)
     loss.backward()
@@ -156,7 +157,7 @@ def gradcache_loss(objective, packed_pairs, chunk: int, backward) -> torch.Tenso
         torch.set_rng_state(cpu_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state)
-        r = objective.pooled(objective.encode_texts(c).to(dev))
+        r = objective.pooled(objective.encode_texts(c).to(dev, non_blocking=True))
         backward((r * g.to(r.dtype)).sum())
     return loss.detach()
 

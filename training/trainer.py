@@ -35,13 +35,14 @@ from pathlib import Path
 import torch
 
 from llm2vec_fast.loading import LoadSpec
+from llm2vec_fast.packing import PackedBatch
 from llm2vec_fast.training.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     resume_state,
     save_checkpoint,
 )
-from llm2vec_fast.training.data import DataError, Packed, batches
+from llm2vec_fast.training.data import DataError, batches
 from llm2vec_fast.training.objectives import OBJECTIVE_CLASSES, count_tokens, gradcache_loss
 
 OBJECTIVES = ("mntp", "simcse", "supervised")
@@ -331,7 +332,7 @@ def train(config: TrainConfig) -> dict:
                     )
                 step_tokens += count_tokens(objective, pairs)
             else:
-                packed = objective.prepare(items).to(device)
+                packed = objective.prepare(items).to(device, non_blocking=True)
                 # gradients are all-reduced on the last micro-batch only
                 sync = micro == accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -402,7 +403,7 @@ class _ModelRunner:
         self.model = model
 
     def bind(self, objective):
-        def forward(packed: Packed) -> torch.Tensor:
+        def forward(packed: PackedBatch) -> torch.Tensor:
             return self.model(
                 packed.input_ids, packed.cu_seqlens, packed.position_ids, packed.max_seqlen
             )
