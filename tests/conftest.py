@@ -39,10 +39,16 @@ def _environment_lines() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     cpu = platform.processor() or platform.machine()
-    try:
+    try:  # the model name, and the vector extensions it does not say ("AMD EPYC" is both kinds)
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines())
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = set(info.get("flags", "").split())
+        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+        cpu = (
+            f"{info['model name']} (family {info.get('cpu family')}, {', '.join(isa) or 'no AVX2'})"
+        )
+    except (OSError, KeyError, ValueError):
         pass
     return ["versions: " + ", ".join(versions), f"cpu: {cpu}"]
 
