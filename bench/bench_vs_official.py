@@ -242,6 +242,7 @@ def ours_throughput(
         or {"batch_size": 32, "max_tokens_per_batch": default_token_budget(device, 32, 512)},
         "texts": len(texts),
         "tokens": tokens,
+        "text_tokens": [len(x) for x in ids],  # per text, after the cuts: the roofline's lengths
         "seconds": best,
         "all_seconds": times,
         "texts_per_s": len(texts) / best,
@@ -328,19 +329,15 @@ def llamacpp_throughput(
     return rows
 
 
-def roofline(model_dir: Path, texts: list[str], runs: list[dict]) -> dict:
+def roofline(model_dir: Path, runs: list[dict]) -> dict:
     """This machine's float32 matmul rate and the model's FLOPs per token (bench/roofline.py),
     measured after the throughput rows; each row gains its achieved GFLOP/s and fraction of that
-    peak. Token lengths come from ours (the same ids as the official library, as step 3 checks)."""
+    peak. The texts' token lengths are those our row counted (the same ids as the official
+    library's, as step 3 checks), so the FLOPs cover exactly the tokens of the tokens/s."""
     from roofline import annotate, machine_rates, model_flops_per_token
     from transformers import AutoConfig
 
-    from llm2vec_fast import LLM2Vec
-
-    model = LLM2Vec.from_pretrained(str(model_dir))
-    feats = model.tokenize([model.prepare_for_tokenization(t) for t in texts])
-    lengths = feats["attention_mask"].sum(dim=1).tolist()
-    del model
+    lengths = next(r["text_tokens"] for r in runs if r["impl"] == "llm2vec-fast")
     cfg = AutoConfig.from_pretrained(model_dir)
     flops = model_flops_per_token(cfg, lengths)
     rates = machine_rates(cfg)
@@ -463,7 +460,7 @@ def main() -> None:
         if args.llamacpp:
             runs += llamacpp_throughput(texts_file, runs[-1]["tokens"], args.llamacpp, args.repeats)
         result["throughput"] = runs
-        result["roofline"] = roofline(model_dir, texts, runs)
+        result["roofline"] = roofline(model_dir, runs)
 
         result["ratios"] = compute_ratios(runs)
 
