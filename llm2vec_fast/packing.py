@@ -159,10 +159,8 @@ class PackedBatch:
         import torch
 
         lengths = [len(x) for x in ids]
-        cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
+        cu, pos = _offsets(lengths)
         flat = torch.tensor([t for x in ids for t in x], dtype=torch.long)
-        pos = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths]) if ids else flat
         pool = None
         if pool_lengths is not None:
             pool = torch.zeros(len(flat), dtype=torch.bool)
@@ -181,7 +179,6 @@ class PackedBatch:
         ``embed_mask``, as the official ``tokenize`` makes it) as a packed one on ``device``
         (the :meth:`to` form); padding is dropped. ``pool_mask`` is ``embed_mask`` when
         ``skip_instruction``, else every token."""
-        import torch
 
         input_ids = features["input_ids"]
         attention = features["attention_mask"].bool()
@@ -189,17 +186,28 @@ class PackedBatch:
             pool = features["embed_mask"].bool() & attention
         else:
             pool = attention
-        lengths = attention.sum(1)
-        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(lengths, 0)
+        lengths = attention.sum(1).tolist()
+        cu, pos = _offsets(lengths)
         return cls(
             np.arange(len(lengths), dtype=np.int64),
             input_ids[attention].to(device),
             cu.to(device),
-            torch.cat([torch.arange(int(n)) for n in lengths]).to(device),
+            pos.to(device),
             pool[attention].to(device),
-            int(lengths.max()),
+            max(lengths),
         )
+
+
+def _offsets(lengths: list[int]):
+    """``cu_seqlens`` (int32 ``[b + 1]``) and ``position_ids`` (int64 ``[total]``) of texts of
+    these lengths packed back to back, as CPU tensors."""
+    import torch
+
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
+    if not lengths:
+        return cu, torch.zeros(0, dtype=torch.long)
+    return cu, torch.cat([torch.arange(n, dtype=torch.long) for n in lengths])
 
 
 def pack_token_ids(

@@ -14,7 +14,6 @@ import os
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from llm2vec_fast.kernels import segment_pool, segment_pool_ref
@@ -146,17 +145,11 @@ class EncoderRunner:
         dev, dtype = self.device, next(base.parameters()).dtype
         tol = KERNEL_CHECK_TOL.get(dtype, 1e-3)
         gen = torch.Generator().manual_seed(1234)
-        ids = torch.randint(0, base.config.vocab_size, (sum(lengths),), generator=gen).to(dev)
-        cu_list = np.cumsum([0, *lengths]).tolist()
-        batch = PackedBatch(
-            np.arange(len(lengths), dtype=np.int64),
-            ids,
-            torch.tensor(cu_list, dtype=torch.int32, device=dev),
-            torch.cat([torch.arange(n, dtype=torch.int32) for n in lengths]).to(dev),
-            torch.ones(len(ids), dtype=torch.bool, device=dev),
-            max(lengths),
-        )
+        ids = torch.randint(0, base.config.vocab_size, (sum(lengths),), generator=gen)
+        texts = [t.tolist() for t in ids.split(list(lengths))]
+        batch = PackedBatch.in_order(texts, pool_lengths=list(lengths)).to(dev)
         cu, keep = batch.cu_seqlens, batch.pool_mask
+        cu_list = cu.tolist()
         try:
             with torch.inference_mode():
                 base.attn_implementation = "sdpa"
