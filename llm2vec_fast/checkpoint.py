@@ -25,6 +25,14 @@ SAFE_INDEX = "model.safetensors.index.json"
 # Bump when the files gguf_to_safetensors writes change, so stale caches are rebuilt.
 GGUF_CACHE_FORMAT = 2
 ADAPTER_CONFIG = "adapter_config.json"
+# a latent-attention pooling head saved beside the weights or adapter (never a weight shard)
+LATENT_ATTENTION_FILE = "latent_attention.safetensors"
+
+
+def is_weight_file(path: Path) -> bool:
+    """A ``*.safetensors`` file of the model's own weights: not a PEFT adapter's, not a
+    latent-attention head's."""
+    return not path.name.startswith("adapter_") and path.name != LATENT_ATTENTION_FILE
 
 
 class CheckpointError(ValueError):
@@ -53,7 +61,7 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
         if missing:
             raise CheckpointError(f"{d}: shards named in {SAFE_INDEX} are missing: {missing}")
         return [d / s for s in shards]
-    files = sorted(p for p in d.glob("*.safetensors") if not p.name.startswith("adapter_"))
+    files = sorted(p for p in d.glob("*.safetensors") if is_weight_file(p))
     if files:
         return files
     pickled = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))

@@ -127,7 +127,39 @@ def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, name_or_path: 
         model.save_pretrained(str(out), safe_serialization=True)
         make_adapter_config_compatible(out)
     else:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        # a latent-attention head is saved beside the weights, not in them (latent_attention.py)
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in model.state_dict().items()
+            if not k.startswith("latent_attention.")
+        }
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         write_config(model.config, out, name_or_path=name_or_path)
     write_tokenizer(tokenizer, out)
+
+
+def save_encoder(model, tokenizer, out_dir, name_or_path, settings: dict | None, *,
+                 official_format: bool = True) -> None:  # fmt: skip
+    """``LLM2Vec.save``: :func:`save_checkpoint`, then ``llm2vec_config.json`` with ``settings``
+    (None: not written). A model with a latent-attention head is refused while
+    ``official_format``: the official library cannot read the head. Otherwise the head goes to
+    ``latent_attention.safetensors`` and its shape into the config (llm2vec-fast only)."""
+    from llm2vec_fast.latent_attention import POOLING_MODE, head_of, save_head
+
+    head = head_of(model)
+    if head is not None and official_format:
+        raise ValueError(
+            "this encoder pools with a latent-attention head, which the official llm2vec "
+            "library cannot read (it would load the directory and pool without it); "
+            "save(..., official_format=False) writes it for llm2vec-fast only"
+        )
+    out = Path(out_dir)
+    save_checkpoint(model, tokenizer, out, name_or_path)
+    if head is not None:
+        save_head(head, out)
+    if settings is not None:
+        config = dict(settings)
+        if head is not None:
+            config[POOLING_MODE] = head.config.to_json()
+        with open(out / "llm2vec_config.json", "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=4)

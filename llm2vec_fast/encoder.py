@@ -22,10 +22,8 @@ a bug we do the sensible thing instead, and say so (README, "Differences from ll
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +57,10 @@ from llm2vec_fast.text import SEP, PairStream, TextProcessor, iter_pairs
 
 __all__ = ["ENCODER_ARGS", "LLM2VEC_CONFIG", "LLM2VEC_POOLING_MODES", "SEP", "LLM2Vec"]
 
-LLM2VEC_POOLING_MODES = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token")
+# the official library's modes, and latent_attention (a trained head: latent_attention.py)
+LLM2VEC_POOLING_MODES = (
+    "mean", "weighted_mean", "eos_token", "last_token", "bos_token", "latent_attention"
+)  # fmt: skip
 
 
 def _shared(name: str, *parts: str, doc: str) -> property:
@@ -89,7 +90,8 @@ class LLM2Vec(nn.Module):
     Args:
         model: an :class:`~llm2vec_fast.model.EncoderModel` (or a ``PeftModel`` around one).
         tokenizer: a transformers tokenizer (fast).
-        pooling_mode: ``mean``, ``weighted_mean``, ``eos_token``, ``last_token`` or ``bos_token``.
+        pooling_mode: ``mean``, ``weighted_mean``, ``eos_token``, ``last_token``, ``bos_token``
+            or ``latent_attention`` (NV-Embed's trained head: the model must carry one).
         max_length: token limit of a sequence (instruction + text); longer ones are cut on the right.
         doc_max_length: a text over this many tokens is first cut to fewer words (official rule);
             where that would leave nothing of a non-blank text (no spaces: a Japanese line,
@@ -407,22 +409,20 @@ class LLM2Vec(nn.Module):
     # ------------------------------------------------------------------ saving
 
     def save(
-        self,
-        output_path: str | os.PathLike,
-        merge_before_save: bool = False,
-        save_config: bool = True,
-    ):
+        self, output_path: str | os.PathLike, merge_before_save: bool = False,
+        save_config: bool = True, *, official_format: bool = True,
+    ):  # fmt: skip
         """Write a checkpoint directory that this library and the official one both load.
 
         A model holding an unmerged adapter writes the adapter only (as the official library
         does) unless ``merge_before_save``; otherwise config.json (``_name_or_path`` kept),
-        model.safetensors, the tokenizer and llm2vec_config.json.
-        """
-        from llm2vec_fast.compat import save_checkpoint
+        model.safetensors, the tokenizer and llm2vec_config.json. An encoder with a
+        latent-attention head refuses (the official library cannot read one) unless
+        ``official_format=False``: the head then goes to ``latent_attention.safetensors``."""
+        from llm2vec_fast.compat import save_encoder
 
         if is_peft(self.model) and merge_before_save:
             self.model = self.model.merge_and_unload()
-        save_checkpoint(self.model, self.tokenizer, Path(output_path), self.name_or_path)
-        if save_config:
-            with open(Path(output_path) / LLM2VEC_CONFIG, "w", encoding="utf-8") as f:
-                json.dump({k: getattr(self, k) for k in ENCODER_ARGS}, f, indent=4)
+        settings = {k: getattr(self, k) for k in ENCODER_ARGS} if save_config else None
+        save_encoder(self.model, self.tokenizer, output_path, self.name_or_path, settings,
+                     official_format=official_format)  # fmt: skip

@@ -28,6 +28,7 @@ from llm2vec_fast.checkpoint import (
     cache_dir,
     gguf_to_safetensors,
     is_adapter_dir,
+    is_weight_file,
     load_encoder,
     load_hf_config,
     read_json,
@@ -35,6 +36,8 @@ from llm2vec_fast.checkpoint import (
     weight_files,
 )
 from llm2vec_fast.devices import resolve_dtype
+from llm2vec_fast.latent_attention import LATENT_ATTENTION_FILE, attach_head, read_head
+from llm2vec_fast.latent_attention import POOLING_MODE as LATENT_POOLING
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -56,6 +59,7 @@ __all__ = [
     "load_base",
     "load_encoder",
     "load_hf_config",
+    "load_pooling_head",
     "load_tokenizer",
     "read_json",
     "read_state_dict",
@@ -203,8 +207,25 @@ def load(spec: LoadSpec) -> Loaded:
         settings.update(read_json(config_dir / LLM2VEC_CONFIG))
     settings = {k: v for k, v in settings.items() if k in ENCODER_ARGS}
     settings.update(spec.settings)
+    load_pooling_head(model, config_dir, settings.get("pooling_mode"))
     tokenizer = load_tokenizer(base_dir, spec.base_weights_path)
     return Loaded(model, tokenizer, name_or_path, replace(spec, **settings), settings)
+
+
+def load_pooling_head(model, config_dir: Path, pooling_mode: str | None) -> None:
+    """Attach the latent-attention head saved in ``config_dir`` when ``pooling_mode`` is
+    ``latent_attention``. A checkpoint that holds a head loaded with another pooling mode is
+    refused: its embeddings were trained through the head, and dropping it would give other
+    vectors without a word."""
+    if pooling_mode == LATENT_POOLING:
+        attach_head(model, read_head(config_dir, base_model(model).config.hidden_size))
+    elif (config_dir / LATENT_ATTENTION_FILE).is_file():
+        raise CheckpointError(
+            f"{config_dir} was trained with latent-attention pooling (its head is "
+            f"{LATENT_ATTENTION_FILE}); loading it with pooling_mode={pooling_mode or 'mean'!r} "
+            "would drop the trained head: load it without pooling_mode, or with "
+            "pooling_mode='latent_attention'"
+        )
 
 
 def resolve_base_dir(path: str | os.PathLike | None) -> Path:
@@ -258,9 +279,7 @@ def load_base(base_dir: Path, base_weights_path, **kwargs):
     """
     raw = read_json(base_dir / "config.json") if (base_dir / "config.json").is_file() else {}
     name_or_path = raw.get("_name_or_path", "")
-    has_weights = any(base_dir.glob("*.safetensors")) and not all(
-        p.name.startswith("adapter_") for p in base_dir.glob("*.safetensors")
-    )
+    has_weights = any(is_weight_file(p) for p in base_dir.glob("*.safetensors"))
     if is_adapter_dir(base_dir) and not has_weights:
         adapter_cfg = read_json(base_dir / "adapter_config.json")
         base = base_weights_path or adapter_cfg.get("base_model_name_or_path")

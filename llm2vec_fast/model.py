@@ -237,6 +237,9 @@ class EncoderModel(nn.Module):
         self.embed_scale = cfg.hidden_size**0.5 if cfg.family == "gemma" else None
         self.attention_dropout = float(getattr(hf_config, "attention_dropout", 0.0) or 0.0)
         self.gradient_checkpointing = False
+        # the latent-attention pooling head, when the encoder pools with one (set by loading or
+        # training: llm2vec_fast.latent_attention); not part of forward, which ends at the norm
+        self.latent_attention: nn.Module | None = None
 
     @property
     def causal(self) -> bool:
@@ -261,6 +264,8 @@ class EncoderModel(nn.Module):
             )
         self._attn_implementation = value
         kernels = value == "triton"
+        if getattr(self, "latent_attention", None) is not None:
+            self.latent_attention.fused = kernels
         for m in self.modules():
             if isinstance(m, (RMSNorm, MLP)):
                 m.kernel = kernels

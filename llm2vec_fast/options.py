@@ -31,7 +31,9 @@ class CLIError(Exception):
     """A problem with the command's input or arguments: printed as one line, exit status 2."""
 
 
-POOLING_MODES = ["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
+POOLING_MODES = [
+    "mean", "weighted_mean", "eos_token", "last_token", "bos_token", "latent_attention"
+]  # fmt: skip
 DTYPES = ["float32", "bfloat16", "float16"]
 
 
@@ -86,7 +88,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--pooling",
         default=None,
         choices=POOLING_MODES,
-        help="pooling mode (default: llm2vec_config.json, else mean)",
+        help="pooling mode (default: llm2vec_config.json, else mean); latent_attention needs "
+        "a checkpoint trained with that head",
     )
 
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from llm2vec_fast.kernels import segment_pool, segment_pool_ref
+from llm2vec_fast.latent_attention import POOLING_MODE as LATENT_POOLING
+from llm2vec_fast.latent_attention import head_of, latent_head
 from llm2vec_fast.loading import base_model
 from llm2vec_fast.packing import PackedBatch
 
@@ -33,7 +35,8 @@ class EncoderRunner:
 
     Args:
         model: an :class:`~llm2vec_fast.model.EncoderModel` (or a ``PeftModel`` around one).
-        pooling_mode: as ``LLM2Vec``'s (``eos_token`` pools the last token).
+        pooling_mode: as ``LLM2Vec``'s (``eos_token`` pools the last token;
+            ``latent_attention`` runs the model's latent-attention head).
         tokenizer: its ``bos_token_id`` is the token ``bos_token`` pooling looks for.
 
     ``auto_kernels``: choose the kernels again whenever the model moves (the owner calls
@@ -41,6 +44,8 @@ class EncoderRunner:
     """
 
     def __init__(self, model: torch.nn.Module, pooling_mode: str = "mean", tokenizer=None):
+        if pooling_mode == LATENT_POOLING:
+            latent_head(model)  # refuses a model without a head now, not at the first batch
         self.model = model
         self.pooling_mode = pooling_mode
         self.tokenizer = tokenizer
@@ -86,6 +91,8 @@ class EncoderRunner:
             return pool(hidden, batch.cu_seqlens, batch.input_ids == bos, "bos_token")
         if mode == "eos_token":
             mode = "last_token"
+        if mode == LATENT_POOLING:  # the trained head, then the mean (latent_attention.py)
+            return latent_head(self.model)(hidden, batch.cu_seqlens, batch.pool_mask)
         return pool(hidden, batch.cu_seqlens, batch.pool_mask, mode)
 
     def embed(self, batch: PackedBatch) -> torch.Tensor:
@@ -158,6 +165,12 @@ class EncoderRunner:
                 got = self.run_model(batch).float()
                 pooled = segment_pool(got, cu, keep, "mean").float()
                 pooled_ref = segment_pool_ref(got, cu, keep, "mean").float()
+                head = head_of(self.model)
+                if head is not None:  # the head's fused path against its torch path
+                    head.fused = True
+                    pooled = head(got, cu, keep)
+                    head.fused = False
+                    pooled_ref = head(got, cu, keep)
         except Exception as exc:  # noqa: BLE001 - reported, and torch's path is kept
             return f"{type(exc).__name__}: {exc}"
         finally:
@@ -172,5 +185,6 @@ class EncoderRunner:
                 )
         err = float((pooled - pooled_ref).norm() / pooled_ref.norm().clamp_min(1e-12))
         if err > tol:
-            return f"mean pooling differs from torch's by {err:.3g} (rel. L2)"
+            what = "mean" if head_of(self.model) is None else "latent-attention"
+            return f"{what} pooling differs from torch's by {err:.3g} (rel. L2)"
         return None
