@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from l2vf_support.nv_embed import LatentAttentionModel, padded
 from safetensors.torch import save_file
 
+from l2vf_support.nv_embed import LatentAttentionModel, padded
 from llm2vec_fast.checkpoint import CheckpointError
 from llm2vec_fast.latent_attention import (
     LATENT_ATTENTION_FILE,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from llm2vec_fast.latent_attention import head_of, read_head
 from llm2vec_fast.shard_files import write_json_atomic
 from llm2vec_fast.training.data import DataError, data_fingerprint
 
@@ -37,7 +38,7 @@ def save_checkpoint(accelerator, path: Path, enc, optimizer, scheduler, generato
     """Write ``path``: the adapter, optimizer, scheduler and random states, and
     ``trainer_state.json`` (step, tokens, loss log, settings, data fingerprint) last."""
     path.mkdir(parents=True, exist_ok=True)
-    enc.save(str(path))
+    enc.save(str(path), official_format=False)  # with a latent-attention head, if any
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
     torch.save(scheduler.state_dict(), path / "scheduler.pt")
     torch.save(rng_state(generator), path / "rng.pt")
@@ -55,8 +56,8 @@ RESUME_KEYS = (
     "objective", "model", "peft", "base_weights", "max_seq_length", "batch_size",
     "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_steps", "max_steps",
     "lora_r", "lora_alpha", "lora_dropout", "lora_modules", "mlm_probability", "all_mask",
-    "mask_token", "attention_dropout", "loss_scale", "pooling_mode", "bidirectional", "seed",
-    "shuffle_buffer",
+    "mask_token", "attention_dropout", "loss_scale", "pooling_mode", "latent_num_latents",
+    "latent_heads", "latent_head_dim", "bidirectional", "seed", "shuffle_buffer",
 )  # fmt: skip
 
 
@@ -85,6 +86,9 @@ def load_checkpoint(path: Path, config, model, optimizer, scheduler, generator):
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, adapter)
+    head = head_of(model)
+    if head is not None:  # the latent-attention head as trained so far
+        head.load_state_dict(read_head(path, head.hidden_size).state_dict())
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llm2vec_fast.options import add_subcommand
+from llm2vec_fast.options import POOLING_MODES, add_subcommand
 
 TRAIN_HELP = """\
 Train an LLM2Vec encoder with LoRA: MNTP (masked next token prediction), SimCSE (unsupervised
@@ -54,6 +54,9 @@ _OPTIONS = [
     ("--shuffle-buffer", "shuffle_buffer", int, "shuffle buffer in items (default 10000)"),
     ("--save-steps", "save_steps", int, "checkpoint every N steps (default 200)"),
     ("--base-weights", "base_weights", str, "local base for a published adapter layout"),
+    ("--latent-num-latents", "latent_num_latents", int, "latent_attention: latents (512)"),
+    ("--latent-heads", "latent_heads", int, "latent_attention: heads (8)"),
+    ("--latent-head-dim", "latent_head_dim", int, "latent_attention: head width (hidden size)"),
 ]
 
 
@@ -78,7 +81,13 @@ def add_train_parser(sub) -> None:
     for flag, _, typ, help_ in _OPTIONS:
         p.add_argument(flag, type=typ, default=None, help=help_)
     p.add_argument("--lr-scheduler", choices=["linear", "cosine", "constant"], default="linear")
-    p.add_argument("--pooling", default="mean", help="pooling mode for contrastive objectives")
+    p.add_argument(
+        "--pooling",
+        default="mean",
+        choices=POOLING_MODES,
+        help="pooling of the contrastive objectives (default mean); latent_attention trains "
+        "NV-Embed's latent-attention head with the adapter",
+    )
     p.add_argument("--all-mask", action="store_true", help="MNTP: every selected token masked")
     p.add_argument("--causal", action="store_true", help="train the causal model (baseline)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

@@ -34,7 +34,16 @@ from pathlib import Path
 
 import torch
 
+from llm2vec_fast.latent_attention import (
+    LATENT_ATTENTION_FILE,
+    LatentAttentionConfig,
+    LatentAttentionHead,
+    attach_head,
+    head_of,
+)
+from llm2vec_fast.latent_attention import POOLING_MODE as LATENT_POOLING
 from llm2vec_fast.loading import LoadSpec
+from llm2vec_fast.options import POOLING_MODES
 from llm2vec_fast.packing import PackedBatch
 from llm2vec_fast.training.checkpointing import (
     latest_checkpoint,
@@ -95,6 +104,9 @@ class TrainConfig:
     attention_dropout: float | None = None
     loss_scale: float | None = None
     pooling_mode: str = "mean"
+    latent_num_latents: int = 512
+    latent_heads: int = 8
+    latent_head_dim: int | None = None
     bidirectional: bool = True
     dtype: str = "float32"
     bf16: bool = False
@@ -131,11 +143,29 @@ class TrainConfig:
             raise ValueError(f"max_steps must be positive; got {self.max_steps}")
         if not 0.0 <= self.mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {self.mlm_probability}")
+        if self.pooling_mode not in POOLING_MODES:
+            raise ValueError(
+                f"unknown pooling mode {self.pooling_mode!r}; use {', '.join(POOLING_MODES)}"
+            )
+        if self.objective == "mntp" and self.pooling_mode == LATENT_POOLING:
+            raise ValueError(
+                "MNTP trains no pooling; --pooling latent_attention applies to simcse and "
+                "supervised (train the head on top of the MNTP adapter)"
+            )
+        self.latent_config()  # checks the head's settings now, not after loading the model
         if self.objective == "simcse" and self.batch_size < 2:
             raise ValueError("SimCSE needs at least 2 texts a batch (in-batch negatives)")
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def latent_config(self) -> LatentAttentionConfig:
+        """The shape of a new latent-attention head (``pooling_mode="latent_attention"``)."""
+        return LatentAttentionConfig(
+            num_latents=self.latent_num_latents,
+            num_heads=self.latent_heads,
+            head_dim=self.latent_head_dim,
+        )
 
 
 # ---------------------------------------------------------------------------------- model
@@ -178,14 +208,22 @@ def build_model(config: TrainConfig):
     from llm2vec_fast.encoder import LLM2Vec
 
     model_dir = _resolve_model_dir(config)
+    # latent-attention pooling: the head the last adapter was trained with, or a new one
+    config_dir = Path(config.peft[-1]) if config.peft else model_dir
+    new_head = (
+        config.pooling_mode == LATENT_POOLING and not (config_dir / LATENT_ATTENTION_FILE).is_file()
+    )
     spec = LoadSpec.from_options(
         config,  # peft, base_weights, dtype, attn_implementation
         base_model_name_or_path=str(model_dir),
-        pooling_mode=config.pooling_mode,
+        pooling_mode="mean" if new_head else config.pooling_mode,
         max_length=config.max_seq_length,
         enable_bidirectional=config.bidirectional,
     )
     enc = LLM2Vec.from_pretrained(**spec.kwargs(), device=config.device)
+    if new_head:
+        attach_head(enc.model, LatentAttentionHead(enc.config.hidden_size, config.latent_config()))
+        enc.pooling_mode = LATENT_POOLING
     base = enc.model
     base.attention_dropout = float(config.attention_dropout)
     base.gradient_checkpointing = bool(config.gradient_checkpointing)
@@ -200,6 +238,9 @@ def build_model(config: TrainConfig):
         task_type=None,
     )
     enc.model = get_peft_model(base, lora)
+    pooling_head = head_of(enc.model)
+    if pooling_head is not None:  # trained with the adapter (PEFT froze it)
+        pooling_head.requires_grad_(True)
     head = lm_head_weight(model_dir, base) if config.objective == "mntp" else None
     return enc, head
 
@@ -377,7 +418,7 @@ def train(config: TrainConfig) -> dict:
             accelerator, output / f"checkpoint-{step}", enc, optimizer, scheduler, generator,
             step, tokens_done, log_rows, config,
         )  # fmt: skip
-        enc.save(str(output))
+        enc.save(str(output), official_format=False)  # only a latent-attention head needs it
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {
         "output": str(output),

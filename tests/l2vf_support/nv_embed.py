@@ -64,7 +64,9 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim, mult=4):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Linear(dim * mult, dim)
+        )
 
     def forward(self, x):
         return self.net(x)
