@@ -239,8 +239,8 @@ def build_model(config: TrainConfig):
     )
     enc.model = get_peft_model(base, lora)
     pooling_head = head_of(enc.model)
-    if pooling_head is not None:  # trained with the adapter (PEFT froze it)
-        pooling_head.requires_grad_(True)
+    if pooling_head is not None:  # trained with the adapter (PEFT froze it), in float32 as
+        pooling_head.float().requires_grad_(True)  # PEFT keeps LoRA weights over a bf16 base
     head = lm_head_weight(model_dir, base) if config.objective == "mntp" else None
     return enc, head
 
