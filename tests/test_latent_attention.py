@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -224,3 +225,76 @@ def test_pooling_mode_mismatches_are_refused(encoder_with_head, tmp_path, tiny_c
         LLM2Vec(plain.model, plain.tokenizer, pooling_mode="latent_attention")
     with pytest.raises(ValueError, match="unknown pooling_mode 'latent'.*latent_attention"):
         LLM2Vec(plain.model, plain.tokenizer, pooling_mode="latent")
+
+
+# ------------------------------------------------------------------- like any pooling mode
+
+
+@pytest.fixture(scope="module")
+def head_checkpoint(tmp_path_factory, tiny_checkpoint) -> str:
+    """A tiny llama checkpoint saved with a latent-attention head (llm2vec-fast format)."""
+    from llm2vec_fast import LLM2Vec
+
+    enc = LLM2Vec.from_pretrained(str(tiny_checkpoint("llama", seed=8)), device="cpu")
+    torch.manual_seed(1)
+    cfg = LatentAttentionConfig(num_latents=8, num_heads=2, head_dim=16)
+    attach_head(enc.model, LatentAttentionHead(enc.config.hidden_size, cfg))
+    enc.pooling_mode = "latent_attention"
+    out = tmp_path_factory.mktemp("head-ckpt") / "enc"
+    enc.save(out, official_format=False)
+    return str(out)
+
+
+MANY = [f"text {i} " + "word " * (i % 11) for i in range(23)] + [["Find: ", "a query"], "x"]
+
+
+def test_encode_iter_and_several_devices(head_checkpoint):
+    from llm2vec_fast import LLM2Vec
+
+    enc = LLM2Vec.from_pretrained(head_checkpoint, device="cpu")
+    ref = enc.encode(MANY, batch_size=4, show_progress_bar=False)
+    chunks = list(enc.encode_iter(MANY, batch_size=4, chunk_size=7))
+    torch.testing.assert_close(torch.from_numpy(np.concatenate(chunks)), ref, rtol=1e-6, atol=1e-6)
+    try:  # two worker processes, each loading the checkpoint (and its head) itself
+        multi = enc.encode(MANY, batch_size=4, device=["cpu", "cpu"], show_progress_bar=False)
+    finally:
+        enc.close_device_pool()
+    torch.testing.assert_close(multi, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_job_with_the_head(head_checkpoint, tmp_path):
+    from llm2vec_fast import LLM2Vec
+    from llm2vec_fast.batch_job import read_embeddings
+    from llm2vec_fast.cli import main as cli_main
+
+    texts = [t if isinstance(t, str) else t[1] for t in MANY]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    argv = ["embed", str(tmp_path / "in.txt"), "--model", head_checkpoint, "-q"]
+    assert cli_main([*argv, "-o", str(tmp_path / "job") + "/", "--shard-size", "10"]) == 0
+    _, got = read_embeddings(tmp_path / "job")
+    ref = LLM2Vec.from_pretrained(head_checkpoint, device="cpu").encode(
+        texts, show_progress_bar=False
+    )
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+    # asking the job for another pooling of this checkpoint is refused before any work
+    assert cli_main([*argv, "-o", str(tmp_path / "mean.npy"), "--pooling", "mean"]) != 0
+    assert not (tmp_path / "mean.npy").exists()
+
+
+def test_sentence_transformers_module_with_the_head(head_checkpoint, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from llm2vec_fast import LLM2Vec
+    from llm2vec_fast.integrations.sentence_transformers import (
+        llm2vec_sentence_transformer,
+        load_sentence_transformer,
+    )
+
+    enc = LLM2Vec.from_pretrained(head_checkpoint, device="cpu")
+    st = llm2vec_sentence_transformer(enc)
+    texts = MANY[:6]
+    ref = enc.encode(texts, show_progress_bar=False)
+    torch.testing.assert_close(st.encode(texts, convert_to_tensor=True), ref, rtol=1e-5, atol=1e-5)
+    st.save(str(tmp_path / "st"))
+    back = load_sentence_transformer(tmp_path / "st", device="cpu")
+    got = back.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

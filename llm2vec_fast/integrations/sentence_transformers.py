@@ -163,7 +163,8 @@ class LLM2VecModule(InputModule):
                 skip_instruction=enc.skip_instruction,
                 name_or_path=enc.name_or_path,
             )
-        enc.save(output_path)
+        # read back by load() (this library), so a latent-attention head is saved with it
+        enc.save(output_path, official_format=False)
         self.save_config(output_path)
 
     @classmethod
