@@ -5,7 +5,6 @@ reloading, resume continuing the same loss curve, and the command line."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -17,13 +16,12 @@ from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import llm2vec_fast.training.losses as losses_mod
+from l2vf_support.training_data import train_argv, train_config, write_training_dir
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.cli import main as cli_main
 from llm2vec_fast.loading import build_encoder
 from llm2vec_fast.packing import PackedBatch
-from llm2vec_fast.testing import make_tiny_checkpoint
 from llm2vec_fast.training import (
-    TrainConfig,
     contrastive_loss,
     linear_cross_entropy,
     mntp_loss,
@@ -32,9 +30,6 @@ from llm2vec_fast.training import (
 )
 from llm2vec_fast.training.objectives import Supervised, gradcache_loss
 from llm2vec_fast.training.trainer import build_model
-
-WORDS = "the of river bank money loan walk fast slow green idea sleeps furiously".split()
-
 
 # ---------------------------------------------------------------------------------- losses
 
@@ -187,31 +182,10 @@ def test_mntp_loss_equals_hf_causal_lm_loss_per_text(seed):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("train")
-    rng = random.Random(0)
-    lines = [" ".join(rng.choices(WORDS, k=rng.randint(3, 25))) for _ in range(120)]
-    (d / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with open(d / "triples.jsonl", "w", encoding="utf-8") as f:
-        for i in range(60):
-            a = " ".join(rng.choices(WORDS[:6], k=rng.randint(2, 8)))
-            b = " ".join(rng.choices(WORDS[6:], k=rng.randint(2, 8)))
-            rec = {"query": a, "positive": a + " " + WORDS[i % 5], "negative": b}
-            if i % 2:
-                rec["instruction"] = "Retrieve a matching text"
-            f.write(json.dumps(rec) + "\n")
-    make_tiny_checkpoint(d / "model", "llama", seed=1)
-    return d
+    return write_training_dir(tmp_path_factory.mktemp("train"), seed=0)
 
 
-def config(tiny: Path, objective: str, out: Path, **kw) -> TrainConfig:
-    data = tiny / ("triples.jsonl" if objective == "supervised" else "texts.txt")
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("learning_rate", 2e-3)
-    kw.setdefault("max_seq_length", 32)
-    kw.setdefault("save_steps", None)
-    kw.setdefault("show_progress_bar", False)
-    kw.setdefault("warmup_steps", 0)
-    return TrainConfig(objective, data=str(data), output=str(out), model=str(tiny / "model"), **kw)
+config = train_config
 
 
 @pytest.mark.parametrize("objective", ["mntp", "simcse", "supervised"])
@@ -330,11 +304,7 @@ def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
 
 def test_resume_of_a_finished_run_says_complete_and_changes_nothing(tiny, tmp_path, capsys):
     out = tmp_path / "done"
-    argv = [
-        "train", "mntp", "--data", str(tiny / "texts.txt"), "--output", str(out),
-        "--model", str(tiny / "model"), "--max-steps", "3", "--save-steps", "2",
-        "--batch-size", "4", "--max-seq-length", "16", "-q",
-    ]  # fmt: skip
+    argv = train_argv(tiny, "mntp", out, 3, "--save-steps", "2")
     assert cli_main(argv) == 0
     assert "trained mntp: 3 steps" in capsys.readouterr().out
     before = _tree(out)
@@ -359,11 +329,7 @@ def test_resume_of_a_finished_run_says_complete_and_changes_nothing(tiny, tmp_pa
 
 def test_train_command_line(tiny, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = [
-        "train", "mntp", "--data", str(tiny / "texts.txt"), "--output", str(out),
-        "--model", str(tiny / "model"), "--max-steps", "3", "--batch-size", "4",
-        "--max-seq-length", "16", "--all-mask", "--mlm-probability", "0.5", "-q",
-    ]  # fmt: skip
+    argv = train_argv(tiny, "mntp", out, 3, "--all-mask", "--mlm-probability", "0.5")
     assert cli_main(argv) == 0
     assert "trained mntp: 3 steps" in capsys.readouterr().out
     summary = json.loads((out / "train_summary.json").read_text())

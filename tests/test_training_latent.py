@@ -5,7 +5,6 @@ embeddings, and the settings around it are checked."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -13,42 +12,24 @@ import numpy as np
 import pytest
 import torch
 
+from l2vf_support.training_data import train_argv, train_config, write_training_dir
 from llm2vec_fast import LLM2Vec
 from llm2vec_fast.cli import main as cli_main
 from llm2vec_fast.latent_attention import LATENT_ATTENTION_FILE, head_of, read_head
-from llm2vec_fast.testing import make_tiny_checkpoint
 from llm2vec_fast.training import TrainConfig, train
 from llm2vec_fast.training.trainer import build_model
 
-WORDS = "the of river bank money loan walk fast slow green idea sleeps furiously".split()
 HEAD = dict(latent_num_latents=16, latent_heads=2)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("train-latent")
-    rng = random.Random(1)
-    lines = [" ".join(rng.choices(WORDS, k=rng.randint(3, 25))) for _ in range(120)]
-    (d / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with open(d / "triples.jsonl", "w", encoding="utf-8") as f:
-        for i in range(60):
-            a = " ".join(rng.choices(WORDS[:6], k=rng.randint(2, 8)))
-            b = " ".join(rng.choices(WORDS[6:], k=rng.randint(2, 8)))
-            rec = {"query": a, "positive": a + " " + WORDS[i % 5], "negative": b}
-            if i % 2:
-                rec["instruction"] = "Retrieve a matching text"
-            f.write(json.dumps(rec) + "\n")
-    make_tiny_checkpoint(d / "model", "llama", seed=1)
-    return d
+    return write_training_dir(tmp_path_factory.mktemp("train-latent"), seed=1)
 
 
 def config(tiny: Path, objective: str, out: Path, **kw) -> TrainConfig:
-    data = tiny / ("triples.jsonl" if objective == "supervised" else "texts.txt")
-    for k, v in dict(batch_size=8, learning_rate=2e-3, max_seq_length=32, save_steps=None,
-                     show_progress_bar=False, warmup_steps=0, pooling_mode="latent_attention",
-                     **HEAD).items():  # fmt: skip
-        kw.setdefault(k, v)
-    return TrainConfig(objective, data=str(data), output=str(out), model=str(tiny / "model"), **kw)
+    """A tiny run with a small latent-attention head (16 latents, 2 heads)."""
+    return train_config(tiny, objective, out, **{"pooling_mode": "latent_attention", **HEAD, **kw})
 
 
 TEXTS = ["the river bank", "money loan fast", ["Retrieve a matching text", "green idea"]]
@@ -103,16 +84,12 @@ def test_settings_are_checked(tiny, tmp_path):
 
 def test_train_command_line_with_the_head(tiny, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = [
-        "train", "simcse", "--data", str(tiny / "texts.txt"), "--output", str(out),
-        "--model", str(tiny / "model"), "--max-steps", "2", "--batch-size", "4",
-        "--max-seq-length", "16", "--pooling", "latent_attention", "--latent-num-latents", "8",
-        "--latent-heads", "2", "--latent-head-dim", "16", "-q",
-    ]  # fmt: skip
+    head = ["--latent-num-latents", "8", "--latent-heads", "2", "--latent-head-dim", "16"]
+    argv = train_argv(tiny, "simcse", out, 2, "--pooling", "latent_attention", *head)
     assert cli_main(argv) == 0
     assert "trained simcse: 2 steps" in capsys.readouterr().out
     cfg = json.loads((out / "llm2vec_config.json").read_text())["latent_attention"]
     assert cfg == {"num_latents": 8, "num_heads": 2, "head_dim": 16, "ff_mult": 4}
     with pytest.raises(SystemExit):
-        cli_main([*argv[:-9], "--pooling", "latent", "-q"])
+        cli_main(train_argv(tiny, "simcse", out, 2, "--pooling", "latent"))
     assert "invalid choice: 'latent'" in capsys.readouterr().err
