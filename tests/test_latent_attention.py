@@ -298,3 +298,26 @@ def test_sentence_transformers_module_with_the_head(head_checkpoint, tmp_path):
     back = load_sentence_transformer(tmp_path / "st", device="cpu")
     got = back.encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_latent_keys_values_are_kept_only_while_valid():
+    """Without gradients the latents' keys and values are computed once and reused; a weight
+    written in place, a cast, or gradients being on compute them again."""
+    d = 16
+    hidden, cu, keep = packed_case(3, [4, 9], d)
+    head, _ = head_and_reference(2, d, CONFIGS[1])
+    calls = []
+    head.cross_attend_blocks[0].fn.to_kv.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        a = head(hidden, cu, keep)
+        b = head(hidden, cu, keep)
+        assert len(calls) == 1 and torch.equal(a, b)
+        head.latents.mul_(2.0)  # a trained or loaded weight changes in place
+        c = head(hidden, cu, keep)
+        assert len(calls) == 2 and not torch.allclose(a, c)
+    head.double()
+    with torch.no_grad():
+        assert head(hidden.double(), cu, keep).dtype == torch.float64 and len(calls) == 3
+    head(hidden.double(), cu, keep)  # with gradients: computed in the graph, never cached
+    head(hidden.double(), cu, keep)
+    assert len(calls) == 5

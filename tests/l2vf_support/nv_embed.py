@@ -6,7 +6,7 @@ pre-LayerNorm cross-attention from the tokens to a trainable latent array (keys 
 from the normalised latents, bias-free projections, ``heads`` heads of ``head_dim``), a
 residual, a pre-LayerNorm GEGLU feed-forward (4x) with a residual, then the masked mean. The
 attention is an explicit softmax (not SDPA) so the reference shares no kernel with the code
-under test. The module and parameter names are NV-Embed's: a state dict moves between this and
+under test; ``cross_attend_blocks[0].fn.sdpa = True`` calls SDPA as NV-Embed does (benchmarks). The module and parameter names are NV-Embed's: a state dict moves between this and
 ``LatentAttentionHead`` by name.
 """
 
@@ -36,6 +36,7 @@ class Attention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
+        self.sdpa = False
         self.to_q = nn.Linear(query_dim, inner, bias=False)
         self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, query_dim, bias=False)
@@ -50,8 +51,11 @@ class Attention(nn.Module):
             return t.reshape(b, t.shape[1], h, dh).transpose(1, 2)
 
         q, k, v = split(q), split(k), split(v)
-        probs = torch.softmax(q @ k.transpose(-1, -2) * dh**-0.5, dim=-1)
-        out = (probs @ v).transpose(1, 2).reshape(b, n, h * dh)
+        if self.sdpa:  # as NV-Embed calls it (benchmarks)
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = torch.softmax(q @ k.transpose(-1, -2) * dh**-0.5, dim=-1) @ v
+        out = out.transpose(1, 2).reshape(b, n, h * dh)
         return self.to_out(out)
 
 
