@@ -171,12 +171,15 @@ def test_readme_commands_run(readme_dir):
     """The batch job and the training recipe, run in ``readme_dir`` (see ``_as_run_here``)."""
     commands = _runnable_commands()
     assert any(c.startswith("llm2vec-fast embed 'corpus/*.parquet' -o emb/") for c in commands)
-    assert sum(c.startswith("llm2vec-fast train ") for c in commands) == 3
+    assert sum(c.startswith("llm2vec-fast train ") for c in commands) == 4
     manifest = json.loads((readme_dir / "emb" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest  # the job finished its shards
     for out in ("out/mntp", "out/simcse", "out/sup"):
         assert (readme_dir / out / "adapter_model.safetensors").is_file(), out
     assert (readme_dir / "emb.npy").is_file()
+    # latent-attention pooling: the head beside the adapter, and the embeddings made with it
+    assert (readme_dir / "out" / "simcse-latent" / "latent_attention.safetensors").is_file()
+    assert np.load(readme_dir / "emb-latent.npy").shape[0] > 0
 
 
 def test_every_flag_of_the_readme_commands_exists():
