@@ -185,9 +185,10 @@ class LatentAttentionHead(nn.Module):
     ) -> torch.Tensor:
         """hidden ``[T, d]`` (packed texts), cu_seqlens ``[n + 1]`` int32, pool_mask ``[T]`` bool
         (the tokens each text's mean takes; None: all) -> ``[n, d]`` float32 (float64 for
-        float64 hidden states), as ``segment_pool`` returns. A text with no
-        pooled token gets a zero vector (as mean pooling gives)."""
+        float64 hidden states), as ``segment_pool`` returns. As with ``mean``, a text with no
+        pooled token pools its whole segment, and a text with no token at all is zeros."""
         if pool_mask is not None and not bool(pool_mask.all()):
+            pool_mask = _whole_segment_where_empty(pool_mask, cu_seqlens)
             counts = F.pad(pool_mask.to(torch.int32).cumsum(0), (1, 0))
             cu_seqlens = counts[cu_seqlens.long()].to(torch.int32)
             hidden = hidden[pool_mask]
@@ -218,6 +219,16 @@ class LatentAttentionHead(nn.Module):
         # the bias only where a text has tokens (an empty span's mean is zero, as with "mean")
         nonempty = (cu_seqlens[1:] > cu_seqlens[:-1]).unsqueeze(-1)
         return out + pooled_h1 + net[2].bias.to(pooled.dtype) * nonempty
+
+
+def _whole_segment_where_empty(pool_mask: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """``pool_mask`` with every text that has no pooled token pooled whole (``mean``'s rule)."""
+    dev = pool_mask.device
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long().to(dev)
+    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=dev), lengths)
+    counts = torch.zeros(lengths.numel(), dtype=torch.int32, device=dev)
+    counts.index_add_(0, seg, pool_mask.to(torch.int32))
+    return pool_mask | (counts == 0)[seg]
 
 
 def _segment_mean(rows: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

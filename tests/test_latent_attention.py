@@ -82,13 +82,17 @@ def test_packing_isolation():
             torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-6, atol=1e-6)
 
 
-def test_no_pooled_token_gives_zeros():
+def test_empty_spans_as_mean_pooling_treats_them():
+    """A text whose pooled span is empty (all instruction) pools its whole segment, as ``mean``
+    does; a text with no token at all is zeros."""
     d = 16
     hidden, cu, keep = packed_case(2, [4, 3, 0, 5], d, [4, 0, 0, 0])  # text 0 all instruction
     head, _ = head_and_reference(0, d, CONFIGS[1])
     with torch.no_grad():
         out = head(hidden, cu, keep)
-    assert torch.equal(out[0], torch.zeros(d)) and torch.equal(out[2], torch.zeros(d))
+        whole = head(hidden[:4], torch.tensor([0, 4], dtype=torch.int32))
+    torch.testing.assert_close(out[0:1], whole, rtol=1e-6, atol=1e-6)
+    assert torch.equal(out[2], torch.zeros(d))
     assert out[1].abs().sum() > 0 and out[3].abs().sum() > 0
 
 
