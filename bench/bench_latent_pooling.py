@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,18 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_vs_official import cpu_isa, cpu_name  # noqa: E402  (bench/ is sys.path[0])
+
 from l2vf_support.nv_embed import LatentAttentionModel, padded  # noqa: E402
 from llm2vec_fast.latent_attention import LatentAttentionConfig, LatentAttentionHead  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def text_lengths(n: int, max_length: int) -> list[int]:
@@ -124,6 +115,7 @@ def main() -> None:
         "what": "latent-attention pooling, ours (packed pooled rows, W2 after the mean) against "
         "NV-Embed's layer on the padded batch; same weights, float32",
         "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "hidden": d,
