@@ -1,6 +1,6 @@
 """Latent attention: every packed token's query against one shared set of latent keys/values.
 
-The attention of NV-Embed's pooling head (:class:`llm2vec_fast.latent_attention.LatentAttentionHead`)::
+The attention of NV-Embed's pooling head (``llm2vec_fast.latent_attention.LatentAttentionHead``)::
 
     q       [T, H, D]   the tokens' queries (T may be 0), float16 / bfloat16 / float32
     k, v    [R, H, D]   the latents' keys and values, the same for every token (R >= 1)
@@ -10,6 +10,10 @@ The attention of NV-Embed's pooling head (:class:`llm2vec_fast.latent_attention.
 No mask and no varlen: each token is an independent query against the same R keys, so a text's
 rows never depend on another text's. The last dim of every tensor must have stride 1 (copied
 otherwise); token/latent and head strides are free (k and v are views of one fused projection).
+
+The package attribute ``llm2vec_fast.kernels.latent_attention`` is the op (the function of
+:mod:`.latent_ops`), not this module: import the module with ``importlib.import_module`` or
+``from llm2vec_fast.kernels.latent_attention import ...``.
 
 Paths, chosen by :func:`latent_attention_fwd` / :func:`latent_attention_bwd`:
 
