@@ -14,6 +14,7 @@ without running anything::
     rms_norm_forward            y, rstd [rows] float32
     apply_rope_forward          (q_out, k_out): the backward is the rotation by -angle
     gated_act_forward           act(gate) * up: the backward needs gate and up
+    latent_attention_forward    out [T, H, D], lse [H, T] (defined in :mod:`.latent_ops`)
 
 ``<name>_backward`` takes the output gradients and the saved tensors. No backward reruns its
 forward: the attention backward recomputes P from the LSE (the flash algorithm) and regenerates
