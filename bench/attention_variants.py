@@ -115,3 +115,21 @@ def attention_variants(q, k, v, lengths, cu, max_len, no_flex: bool):
     except Exception as e:  # noqa: BLE001 - missing module, inductor failure: report and go on
         skipped["flex-document-mask"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     return variants, skipped, padded_inputs
+
+
+def latent_variants(q, k, v):
+    """{name: callable(q, k, v) -> [T, H, D]} of the latent attention (every token against the
+    same R latents, q ``[T, H, D]``, k/v ``[R, H, D]``): ours, the unfused PyTorch path (the
+    ``[H, T, R]`` scores in memory) and torch SDPA over ``[1, H, T | R, D]`` (the head's torch
+    path)."""
+    from llm2vec_fast.kernels import latent_attention
+
+    def unfused(q, k, v):
+        s = q.transpose(0, 1) @ k.permute(1, 2, 0) * q.shape[-1] ** -0.5  # [H, T, R]
+        return (torch.softmax(s, dim=-1) @ v.transpose(0, 1)).transpose(0, 1)
+
+    def sdpa(q, k, v):
+        q4, k4, v4 = (t.transpose(0, 1)[None] for t in (q, k, v))
+        return F.scaled_dot_product_attention(q4, k4, v4)[0].transpose(0, 1)
+
+    return {"ours-triton": latent_attention, "torch-unfused": unfused, "sdpa": sdpa}

@@ -19,6 +19,11 @@ Then ``rms_norm``, ``gated_act``, ``apply_rope`` and ``segment_pool`` (mean) (fo
 forward+backward) against their eager PyTorch references at H 4096 / I 11008 / 32+8 heads of
 D 128 / H 4096 over the same batch.
 
+Then the latent attention of NV-Embed's pooling head (every token against 512 shared latents,
+8 heads, D 64 and 128, the batch's 16.8k tokens), forward and forward+backward, ours against
+the unfused PyTorch path (scores in memory) and torch SDPA; TFLOP/s count ``4 T R H D``
+forward, 3.5x that forward+backward.
+
 Then attention at equal lengths 128, 512 and 2048 (MHA 32 heads, D 128, about 16k tokens:
 128 x 128, 32 x 512, 8 x 2048) against the same baselines (cuDNN SDPA among them), the issue's
 "0.9x cuDNN's TFLOP/s forward" comparison.
@@ -55,7 +60,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_variants import attention_variants, pad_index  # noqa: E402
+from attention_variants import attention_variants, latent_variants, pad_index  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEVICE = "cuda"
@@ -245,6 +250,29 @@ def bench_attention(name, hq, hkv, d, lengths, dtype, no_flex, meta, rows, notes
         )
 
 
+def bench_latent(tokens, latents, heads, head_dims, dtype, meta, rows):
+    """The latent attention (module docstring) at each head dim: its error against float32
+    (``max_abs_err_vs_fp32``), forward and forward+backward times of each variant."""
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    for d in head_dims:
+        q, do = torch.randn(2, tokens, heads, d, device=DEVICE, generator=g, dtype=dtype)
+        k, v = torch.randn(2, latents, heads, d, device=DEVICE, generator=g, dtype=dtype)
+        x, x32 = (q, k, v), (q.float(), k.float(), v.float())
+        ref = latent_variants(*x32)["torch-unfused"](*x32)
+        flops, name = 4.0 * tokens * latents * heads * d, f"r{latents}-h{heads}-d{d}"
+        config = {"tokens": tokens, "latents": latents, "heads": heads, "head_dim": d,
+                  "dtype": str(dtype).replace("torch.", "")}  # fmt: skip
+        leaves = [t.detach().clone().requires_grad_(True) for t in x]
+        for impl, fn in latent_variants(*x).items():
+            with torch.no_grad():
+                err = (fn(*x).float() - ref).abs().max().item()
+            ms = _bench(lambda fn=fn, x=x: fn(*x))
+            row = _row("latent", name, impl, "fwd", ms, flops, None, config, meta)
+            rows.append(row | {"max_abs_err_vs_fp32": err})
+            ms = _bench(lambda fn=fn, x=leaves, do=do: fn(*x).backward(do), grad_to_none=leaves)
+            rows.append(_row("latent", name, impl, "fwd+bwd", ms, 3.5 * flops, None, config, meta))
+
+
 # ---- elementwise kernels --------------------------------------------------------------------
 
 
@@ -378,7 +406,7 @@ def print_table(rows) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("attention", "elementwise"), default=None)
+    p.add_argument("--only", choices=("attention", "latent", "elementwise"), default=None)
     p.add_argument(
         "--configs", nargs="*", default=list(ATTENTION_CONFIGS), choices=list(ATTENTION_CONFIGS)
     )
@@ -430,6 +458,8 @@ def main(argv=None) -> int:
                     name, hq, hkv, d, equal_lengths(length), dtype, args.no_flex, meta, rows, notes
                 )
                 print(f"  attention {name}: done", flush=True)
+    if args.only in (None, "latent"):
+        bench_latent(sum(lengths), 512, 8, (64, 128), dtype, meta, rows)
     if args.only in (None, "elementwise"):
         bench_elementwise(len(lengths), sum(lengths), max(lengths), dtype, meta, rows)
     rates = hardware_rates(dtype)

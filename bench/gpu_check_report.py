@@ -45,7 +45,7 @@ def kernel_figures(k: dict) -> list[str]:
     for (op, name, p), by in groups.items():
         ours = by.get("ours-triton")
         head = f"{op} {name} {p}: ours {ours['ms_median']:.3f} ms" if ours else ""
-        if ours and op == "attention":
+        if ours and op in ("attention", "latent"):
             rel = ", ".join(f"{i.removeprefix('sdpa-')} {r['ms_median'] / ours['ms_median']:.2f}x"
                             for i, r in by.items() if r is not ours)  # fmt: skip
             out.append(f"{head} ({ours['tflops']:.3g} TFLOP/s); their time / ours: {rel}")

@@ -14,9 +14,10 @@ HERE = Path(__file__).resolve().parent
 KERNEL_SHAPES = {  # (texts, tokens, max length) of the mixed batch and of the elementwise ops
     "gpu": {"mixed": (103, 16_800, 512), "elementwise": (103, 16_800, 512), "heads": (32, 32, 128),
             "equal": (128, 512, 2048), "equal_total": 16_384, "flex": True,
-            "matmul_n": 8192, "copy_bytes": 2**30},
+            "matmul_n": 8192, "copy_bytes": 2**30, "latent": (16_800, 512, 8, (64, 128))},
     "tiny": {"mixed": (4, 40, 16), "elementwise": (2, 8, 4), "heads": (2, 2, 16), "equal": (16,),
-             "equal_total": 32, "flex": False, "matmul_n": 64, "copy_bytes": 2**20},
+             "equal_total": 32, "flex": False, "matmul_n": 64, "copy_bytes": 2**20,
+             "latent": (40, 17, 2, (16,))},
 }  # fmt: skip
 ENV_SNIPPET = """
 import importlib.metadata as md, json, platform, sys, torch
@@ -51,7 +52,8 @@ def host_bench(fn, grad_to_none=None, warmup=None, rep=None):
 
 def worker_kernels(out: Path, tiny: bool) -> int:
     """bench_kernels.py's measurements, the JSON rewritten after each part: rates,
-    elementwise (pooling), the mixed batch (with Flex), equal lengths (without)."""
+    elementwise (pooling), the mixed batch (with Flex), equal lengths (without), the latent
+    attention (tokens, latents, heads, head dims)."""
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -87,6 +89,9 @@ def worker_kernels(out: Path, tiny: bool) -> int:
         bk.bench_attention(f"mha{hq}-d{d}-eq{n}", hq, hkv, d, lengths, dtype, True, meta,
                            res["rows"], res["notes"])  # fmt: skip
         save(f"attention eq{n}")
+    tokens, latents, heads, head_dims = s["latent"]
+    bk.bench_latent(tokens, latents, heads, head_dims, dtype, meta, res["rows"])
+    save("latent")
     bk.print_table(res["rows"])
     print("\n".join(f"note: {n}" for n in res["notes"]))
     return 0

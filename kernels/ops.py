@@ -14,6 +14,7 @@ without running anything::
     rms_norm_forward            y, rstd [rows] float32
     apply_rope_forward          (q_out, k_out): the backward is the rotation by -angle
     gated_act_forward           act(gate) * up: the backward needs gate and up
+    latent_attention_forward    out [T, H, D], lse [H, T] (defined in :mod:`.latent_ops`)
 
 ``<name>_backward`` takes the output gradients and the saved tensors. No backward reruns its
 forward: the attention backward recomputes P from the LSE (the flash algorithm) and regenerates
@@ -50,6 +51,7 @@ from .attention import varlen_attention_bwd_torch, varlen_attention_fwd_torch
 from .dropout_seeds import draw_dropout_seed
 from .flash_varlen import flash_varlen_bwd, flash_varlen_fwd
 from .glu import gated_act_bwd, gated_act_fwd, gated_act_ref
+from .op_registry import define_pair, get_op
 from .pooling import (
     mask_bytes,
     segment_pool_bwd,
@@ -63,43 +65,10 @@ from .varlen import SCHEMA as VARLEN_SCHEMA
 from .varlen import SIGNATURE as VARLEN_SIGNATURE
 from .varlen import Varlen
 
-NAMESPACE = "llm2vec_fast"
 OPS = ("varlen_attention", "segment_pool", "rms_norm", "apply_rope", "gated_act")
 
 __all__ = ["apply_rope", "flash_varlen_attention", "gated_act", "rms_norm", "segment_pool",
            "varlen_attention"]  # fmt: skip
-
-
-def _op(name: str):
-    return getattr(getattr(torch.ops, NAMESPACE), name)
-
-
-def _registered(name: str) -> bool:
-    """Whether ``llm2vec_fast::<name>`` is already a torch op (defined by an earlier import)."""
-    try:
-        _op(name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-def _define(name, forward, forward_fake, backward, backward_fake, setup_context, autograd_bwd,
-            forward_schema=None, backward_schema=None):  # fmt: skip
-    """Define ``<name>_forward`` and ``<name>_backward`` with their fakes, and the one autograd
-    registration (on the forward op): ``setup_context`` saves what the backward needs,
-    ``autograd_bwd`` calls the backward op. Schemas come from the functions' annotations unless
-    given. Nothing happens when the ops already exist."""
-    if _registered(f"{name}_forward"):
-        return
-    fwd = torch.library.custom_op(
-        f"{NAMESPACE}::{name}_forward", forward, mutates_args=(), schema=forward_schema
-    )
-    fwd.register_fake(forward_fake)
-    bwd = torch.library.custom_op(
-        f"{NAMESPACE}::{name}_backward", backward, mutates_args=(), schema=backward_schema
-    )
-    bwd.register_fake(backward_fake)
-    fwd.register_autograd(autograd_bwd, setup_context=setup_context)
 
 
 def _vjp(fn, grads, diff_inputs, *args) -> list[torch.Tensor]:
@@ -155,11 +124,11 @@ def _attention_setup(ctx, inputs, output):
 def _attention_autograd_bwd(ctx, dout, _dlse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
-    grads = _op("varlen_attention_backward")(dout, q, k, v, out, lse, cu_seqlens, *ctx.options)
+    grads = get_op("varlen_attention_backward")(dout, q, k, v, out, lse, cu_seqlens, *ctx.options)
     return *grads, *(None,) * len(Varlen._fields)
 
 
-_define(
+define_pair(
     "varlen_attention", _attention_forward, _attention_forward_fake, _attention_backward,
     _attention_backward_fake, _attention_setup, _attention_autograd_bwd,
     forward_schema=f"(Tensor q, Tensor k, Tensor v, {VARLEN_SCHEMA}) -> (Tensor, Tensor)",
@@ -183,7 +152,7 @@ def _attention_entry(flash: bool):
         o = Varlen(*options, **named).normalized(flash)
         if o.dropout_p > 0.0 and o.seed is None:
             o = o._replace(seed=_draw_seed(q.device))
-        return _op("varlen_attention_forward")(q, k, v, *o)[0]
+        return get_op("varlen_attention_forward")(q, k, v, *o)[0]
 
     attention.__signature__ = VARLEN_SIGNATURE
     return attention
@@ -274,10 +243,10 @@ def _pool_setup(ctx, inputs, output):
 def _pool_autograd_bwd(ctx, grad, _daux):
     hidden, cu_seqlens, pool_mask, aux = ctx.saved_tensors
     args = (hidden, cu_seqlens, pool_mask, aux, ctx.mode)
-    return _op("segment_pool_backward")(grad, *args), None, None, None
+    return get_op("segment_pool_backward")(grad, *args), None, None, None
 
 
-_define(
+define_pair(
     "segment_pool", _pool_forward, _pool_forward_fake, _pool_backward, _pool_backward_fake,
     _pool_setup, _pool_autograd_bwd,
 )  # fmt: skip
@@ -291,7 +260,7 @@ def segment_pool(
 
     See :mod:`llm2vec_fast.kernels.pooling` for the modes. Differentiable in hidden. One read of
     the hidden states in the Triton kernel (CUDA, or under ``TRITON_INTERPRET=1``)."""
-    return _op("segment_pool_forward")(hidden, cu_seqlens, pool_mask, mode)[0]
+    return get_op("segment_pool_forward")(hidden, cu_seqlens, pool_mask, mode)[0]
 
 
 # ---- rms_norm ------------------------------------------------------------------------------
@@ -335,11 +304,11 @@ def _norm_setup(ctx, inputs, output):
 
 def _norm_autograd_bwd(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    dx, dw = _op("rms_norm_backward")(dy, x, weight, rstd, ctx.gemma)
+    dx, dw = get_op("rms_norm_backward")(dy, x, weight, rstd, ctx.gemma)
     return dx, dw, None, None
 
 
-_define(
+define_pair(
     "rms_norm", _norm_forward, _norm_forward_fake, _norm_backward, _norm_backward_fake,
     _norm_setup, _norm_autograd_bwd,
 )  # fmt: skip
@@ -350,7 +319,7 @@ def rms_norm(
 ) -> torch.Tensor:
     """RMSNorm of each row: x ``[..., H]``, weight ``[H]`` -> ``[..., H]`` (see
     :mod:`llm2vec_fast.kernels.rms_norm`). Differentiable in x and weight."""
-    return _op("rms_norm_forward")(x, weight, float(eps), bool(gemma))[0]
+    return get_op("rms_norm_forward")(x, weight, float(eps), bool(gemma))[0]
 
 
 # ---- apply_rope ----------------------------------------------------------------------------
@@ -392,11 +361,11 @@ def _rope_autograd_bwd(ctx, dqo, dko):
     # an output that took no part in the loss arrives as None
     dqo = torch.zeros_like(dko) if dqo is None else dqo
     dko = torch.zeros_like(dqo) if dko is None else dko
-    dq, dk = _op("apply_rope_backward")(dqo, dko, position_ids, inv_freq, ctx.scaling)
+    dq, dk = get_op("apply_rope_backward")(dqo, dko, position_ids, inv_freq, ctx.scaling)
     return dq, dk, None, None, None
 
 
-_define(
+define_pair(
     "apply_rope", _rotation(rope_fwd, 1.0), _rope_fake, _rotation(rope_bwd, -1.0),
     _rope_fake, _rope_setup, _rope_autograd_bwd,
 )  # fmt: skip
@@ -412,7 +381,7 @@ def apply_rope(
     """Rotate q ``[T, Hq, D]`` and k ``[T, Hkv, D]`` by their tokens' positions (``[T]`` int);
     inv_freq ``[D/2]`` float32. Returns new contiguous (q_out, k_out) in q's and k's dtypes.
     Differentiable in q and k."""
-    op = _op("apply_rope_forward")
+    op = get_op("apply_rope_forward")
     return op(q, k, position_ids, inv_freq, float(attention_scaling))
 
 
@@ -449,11 +418,11 @@ def _act_setup(ctx, inputs, output):
 
 def _act_autograd_bwd(ctx, dy):
     gate, up = ctx.saved_tensors
-    dg, du = _op("gated_act_backward")(dy, gate, up, ctx.activation)
+    dg, du = get_op("gated_act_backward")(dy, gate, up, ctx.activation)
     return dg, du, None
 
 
-_define(
+define_pair(
     "gated_act", _act_forward, _act_forward_fake, _act_backward, _act_backward_fake,
     _act_setup, _act_autograd_bwd,
 )  # fmt: skip
@@ -462,4 +431,4 @@ _define(
 def gated_act(gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
     """``act(gate) * up`` for gate, up ``[..., I]`` -> ``[..., I]``; activation ``"silu"`` or
     ``"gelu_tanh"`` (see :mod:`llm2vec_fast.kernels.glu`). Differentiable in gate and up."""
-    return _op("gated_act_forward")(gate, up, activation)
+    return get_op("gated_act_forward")(gate, up, activation)

@@ -26,6 +26,8 @@ from llm2vec_fast.kernels import ops  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 from llm2vec_fast.kernels.attention import varlen_attention_ref, varlen_attention_sdpa  # noqa: E402
 from llm2vec_fast.kernels.glu import gated_act_ref  # noqa: E402
+from llm2vec_fast.kernels.latent_attention import latent_attention_ref  # noqa: E402
+from llm2vec_fast.kernels.latent_ops import latent_attention  # noqa: E402
 from llm2vec_fast.kernels.ops import (  # noqa: E402
     apply_rope,
     flash_varlen_attention,
@@ -44,6 +46,8 @@ __all__ = [
     "flash_varlen_attention",
     "gated_act",
     "gated_act_ref",
+    "latent_attention",
+    "latent_attention_ref",
     "ops",
     "rms_norm",
     "rms_norm_ref",

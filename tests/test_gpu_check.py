@@ -73,13 +73,17 @@ def test_result_files_and_their_keys(dry_run):
     assert summary["status"] == "ok" and "tail" in summary
 
     k = load(out / "kernels.json")
-    assert k["done"] == ["rates", "elementwise", "attention mixed", "attention eq16"]
+    assert k["done"] == ["rates", "elementwise", "attention mixed", "attention eq16", "latent"]
     assert k["rates"]["matmul_tflops"] > 0 and k["rates"]["copy_gbps"] > 0
     ours = {(r["op"], r["config_name"], r["pass"]) for r in k["rows"] if r["impl"] == "ours-triton"}
     for op in ("rms_norm", "gated_act", "rope", "pool"):
         assert any(o == op for o, _, _ in ours), op
     for name in ("mha2-d16", "mha2-d16-eq16"):
         assert {("attention", name, "fwd"), ("attention", name, "fwd+bwd")} <= ours
+    assert {("latent", "r17-h2-d16", "fwd"), ("latent", "r17-h2-d16", "fwd+bwd")} <= ours
+    latent = [r for r in k["rows"] if r["op"] == "latent" and r["pass"] == "fwd"]
+    assert {r["impl"] for r in latent} == {"ours-triton", "torch-unfused", "sdpa"}
+    assert all(r["max_abs_err_vs_fp32"] < 1e-4 for r in latent)
     impls = {r["impl"] for r in k["rows"] if r["config_name"] == "mha2-d16"}
     assert {"ours-triton", "sdpa-per-text"} <= impls
     for r in k["rows"]:
