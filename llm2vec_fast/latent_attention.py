@@ -50,7 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm2vec_fast.checkpoint import LATENT_ATTENTION_FILE, CheckpointError
+from llm2vec_fast.kernels import latent_attention as latent_attention_op
 from llm2vec_fast.kernels import segment_pool
+from llm2vec_fast.kernels.latent_attention import uses_triton as latent_kernel_runs
 
 __all__ = [
     "LATENT_ATTENTION_FILE",
@@ -144,7 +146,8 @@ class LatentAttentionHead(nn.Module):
 
     ``fused``: run the latent attention and the pooling through our Triton kernels (set by the
     encoder's kernel choice, as ``EncoderModel.attn_implementation == "triton"``); torch's path
-    otherwise. The parameters start as NV-Embed's do: latents from a standard normal, the
+    otherwise. Heads wider than 256 (NV-Embed's default on a model wider than that) keep SDPA
+    even then: the kernel takes up to 256, and at such widths the projections dominate. The parameters start as NV-Embed's do: latents from a standard normal, the
     linear layers and LayerNorms at torch's defaults.
     """
 
@@ -197,9 +200,7 @@ class LatentAttentionHead(nn.Module):
         x = hidden.to(self.latents.dtype)
         q = attn.to_q(attn_block.norm(x)).view(-1, attn.heads, attn.head_dim)
         k, v = self.latent_keys_values()
-        if self.fused:
-            from llm2vec_fast.kernels import latent_attention as latent_attention_op
-
+        if self.fused and latent_kernel_runs(q, k, v):  # heads up to 256 wide
             a = latent_attention_op(q, k, v)
         else:  # SDPA over [1, heads, tokens | latents, head_dim]
             a = F.scaled_dot_product_attention(

@@ -61,3 +61,19 @@ def test_a_wrong_pooling_kernel_and_a_crash_are_caught(model, monkeypatch):
     monkeypatch.setattr(model_module, "rms_norm", broken)
     assert "no kernel image" in model.check_kernels(LENGTHS)
     assert model.model.attn_implementation == "sdpa"
+
+
+def test_the_latent_attention_head_is_checked_too(tiny_checkpoint, monkeypatch):
+    """With a latent-attention head, the check also runs the head through its kernels against
+    its torch path, and names the head when they disagree."""
+    import llm2vec_fast.latent_attention as latent_module
+
+    enc = LLM2Vec.from_pretrained(tiny_checkpoint("llama", seed=9), device="cpu")
+    torch.manual_seed(0)
+    cfg = latent_module.LatentAttentionConfig(num_latents=17, num_heads=2, head_dim=24)
+    latent_module.attach_head(enc.model, latent_module.LatentAttentionHead(64, cfg))
+    enc.pooling_mode = "latent_attention"
+    assert enc.check_kernels(LENGTHS) is None
+    assert enc.model.latent_attention.fused is False  # torch's path is left on
+    monkeypatch.setattr(latent_module, "latent_attention_op", lambda q, k, v: torch.zeros_like(q))
+    assert "latent-attention pooling differs" in enc.check_kernels(LENGTHS)
