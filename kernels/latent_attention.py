@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
+from torch import Tensor
 
 from ._aot import Sm90Config
 from ._launch import HAVE_TRITON, INTERPRET, next_pow2, use_triton
+from .flash_varlen import FlashTiles
 
 if HAVE_TRITON:
     import triton
@@ -64,25 +66,10 @@ SCORE_CHUNK = 1 << 25  # PyTorch path: at most this many float32 scores at once 
 # ---- tile sizes: one function for the launchers and the sm_90 compile test -------------------
 
 
-@dataclass(frozen=True)
-class LatentTiles:
-    """Block sizes and launch options for one head dim.
-
-    fwd: ``BLOCK_M`` tokens x ``BLOCK_N`` latents. dK/dV: a ``BLOCK_N1`` latent block,
-    ``BLOCK_M1`` token steps. dQ: a ``BLOCK_M2`` token block, ``BLOCK_N2`` latent steps."""
-
-    BLOCK_D: int
-    BLOCK_M: int
-    BLOCK_N: int
-    fwd_warps: int
-    fwd_stages: int
-    BLOCK_M1: int
-    BLOCK_N1: int
-    dkdv_warps: int
-    BLOCK_M2: int
-    BLOCK_N2: int
-    dq_warps: int
-    bwd_stages: int
+# The flash kernels' tile record, read for these kernels as: fwd ``BLOCK_M`` tokens x ``BLOCK_N``
+# latents; dK/dV a ``BLOCK_N1`` latent block over ``BLOCK_M1`` token steps; dQ a ``BLOCK_M2``
+# token block over ``BLOCK_N2`` latent steps (``PRE_BLOCK`` unused: the dQ kernel writes delta).
+LatentTiles = FlashTiles
 
 
 def latent_attention_tiles(head_dim: int, dtype: torch.dtype = torch.bfloat16) -> LatentTiles:
@@ -164,14 +151,9 @@ def latent_attention_ref(
 
 
 def latent_attention_bwd_ref(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     softmax_scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """The PyTorch backward from the LSE (P recomputed, never the forward): ``(dq, dk, dv)`` in
     the inputs' dtypes, float32 math (float64 for float64)."""
     scale, dt = _scale(q.shape[2], softmax_scale), _math_dtype(q)
@@ -371,12 +353,9 @@ def _last_dim_contiguous(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def latent_attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    softmax_scale: float | None = None,
+    q: Tensor, k: Tensor, v: Tensor, softmax_scale: float | None = None,
     tiles: LatentTiles | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(out [T, H, D] q.dtype, lse [H, T] float32)``: the Triton kernel where
     :func:`uses_triton`, else :func:`latent_attention_ref`. ``tiles`` overrides
     :func:`latent_attention_tiles` (tests use small tiles to exercise the loops)."""
@@ -401,15 +380,9 @@ def latent_attention_fwd(
 
 
 def latent_attention_bwd(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    softmax_scale: float | None = None,
-    tiles: LatentTiles | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    softmax_scale: float | None = None, tiles: LatentTiles | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """``(dq, dk, dv)`` in the inputs' dtypes from the forward's ``out`` and ``lse``: the dQ
     kernel (which also writes delta), then the split dK/dV kernel and the sum of its partials;
     :func:`latent_attention_bwd_ref` where :func:`uses_triton` is False."""

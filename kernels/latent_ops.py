@@ -14,6 +14,7 @@ there). Gradients flow to q, k and v; the LSE gets none. Double backward is not 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .latent_attention import check_latent_qkv, latent_attention_bwd, latent_attention_fwd
 from .op_registry import define_pair, get_op
@@ -38,14 +39,9 @@ def _forward_fake(q, k, v, softmax_scale):
 
 
 def _backward(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     softmax_scale: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     dq, dk, dv = latent_attention_bwd(do, q, k, v, out, lse, softmax_scale)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()
 

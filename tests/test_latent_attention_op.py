@@ -19,15 +19,9 @@ from torch.testing import assert_close
 from llm2vec_fast.kernels import latent_attention, latent_attention_ref
 
 SHAPES = [  # (T, R, H, D)
-    (0, 17, 8, 16),
-    (1, 1, 1, 16),
-    (37, 17, 8, 72),
-    (37, 512, 1, 16),
-    (300, 17, 1, 72),
-    (300, 512, 8, 16),
-    (37, 1, 8, 576),
-    (1, 512, 1, 576),
-]
+    (0, 17, 8, 16), (1, 1, 1, 16), (37, 17, 8, 72), (37, 512, 1, 16), (300, 17, 1, 72),
+    (300, 512, 8, 16), (37, 1, 8, 576), (1, 512, 1, 576),
+]  # fmt: skip
 
 
 def _fresh_seed() -> int:

@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from l2vf_support.launches import spy_on, take_counts
 from l2vf_support.packed import cu_seqlens
 from llm2vec_fast import kernels
 from llm2vec_fast.kernels import flash_varlen_kernels as fk
@@ -29,31 +30,9 @@ BACKWARD = ("flash_varlen_bwd_preprocess", "flash_varlen_bwd_dkdv_kernel",
 LENGTHS = [7, 1, 0, 13, 5]  # odd lengths, a one-token text, an empty text
 
 
-class _Spy:
-    """Counts the launches (``kernel[grid](...)``) of one Triton kernel and runs them."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
 @pytest.fixture
 def spies(monkeypatch):
-    found = {}
-    for name in (FORWARD, *BACKWARD):
-        found[name] = _Spy(getattr(fk, name))
-        monkeypatch.setattr(fk, name, found[name])
-    return found
-
-
-def _counts(spies):
-    counts = {name: spy.launches for name, spy in spies.items()}
-    for spy in spies.values():
-        spy.launches = 0
-    return counts
+    return spy_on(monkeypatch, fk, (FORWARD, *BACKWARD))
 
 
 def _fresh_seed() -> int:
@@ -71,9 +50,9 @@ def test_backward_launches_no_forward_kernel(spies, causal, dropout_p):
     out = kernels.varlen_attention(
         q, k, v, cu_seqlens(LENGTHS), max(LENGTHS), causal, None, dropout_p
     )
-    assert _counts(spies) == {FORWARD: 1, **dict.fromkeys(BACKWARD, 0)}, f"data seed {seed}"
+    assert take_counts(spies) == {FORWARD: 1, **dict.fromkeys(BACKWARD, 0)}, f"data seed {seed}"
     out.backward(torch.randn(out.shape, generator=g))
-    assert _counts(spies) == {FORWARD: 0, **dict.fromkeys(BACKWARD, 1)}, f"data seed {seed}"
+    assert take_counts(spies) == {FORWARD: 0, **dict.fromkeys(BACKWARD, 1)}, f"data seed {seed}"
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
@@ -94,9 +73,9 @@ def test_model_backward_launches_no_forward_kernel(spies):
     pos = torch.cat([torch.arange(n) for n in lengths])
     hidden = model(ids, cu_seqlens(lengths), pos, max(lengths))
     layers = len(model.layers)
-    assert _counts(spies) == {FORWARD: layers, **dict.fromkeys(BACKWARD, 0)}, f"seed {seed}"
+    assert take_counts(spies) == {FORWARD: layers, **dict.fromkeys(BACKWARD, 0)}, f"seed {seed}"
     hidden.pow(2).sum().backward()
-    assert _counts(spies) == {FORWARD: 0, **dict.fromkeys(BACKWARD, layers)}, f"seed {seed}"
+    assert take_counts(spies) == {FORWARD: 0, **dict.fromkeys(BACKWARD, layers)}, f"seed {seed}"
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3], ids=["p0", "p0.3"])

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from l2vf_support.launches import spy_on, take_counts
 from l2vf_support.numerics import assert_close_2x
 from llm2vec_fast.kernels import latent_attention
 from llm2vec_fast.latent_attention import LatentAttentionConfig, LatentAttentionHead
@@ -31,13 +32,9 @@ DTYPES = [  # dtype, floor (atol)
     pytest.param(torch.float16, 2e-3, id="fp16"),
 ]
 SHAPES = [  # (T, R, H, D)
-    (1, 1, 1, 16),
-    (37, 17, 2, 72),
-    (130, 64, 3, 64),
-    (130, 17, 4, 16),
-    (37, 64, 1, 72),
+    (1, 1, 1, 16), (37, 17, 2, 72), (130, 64, 3, 64), (130, 17, 4, 16), (37, 64, 1, 72),
     (1, 17, 4, 64),
-]
+]  # fmt: skip
 SHAPE_IDS = [f"T{t}-R{r}-H{h}-D{d}" for t, r, h, d in SHAPES]
 FORWARD = "latent_attention_fwd_kernel"
 BACKWARD = ("latent_attention_bwd_dq_kernel", "latent_attention_bwd_dkdv_kernel")
@@ -111,28 +108,11 @@ def test_empty_batch_and_strided_views():
     assert dq.shape == (0, 3, 16) and not dk.any() and not dv.any()
 
 
-class _Spy:
-    """Counts the launches (``kernel[grid](...)``) of one Triton kernel and runs them."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
 def test_backward_launches_no_forward_kernel(monkeypatch):
-    spies = {}
-    for name in (FORWARD, *BACKWARD):
-        spies[name] = _Spy(getattr(la, name))
-        monkeypatch.setattr(la, name, spies[name])
+    spies = spy_on(monkeypatch, la, (FORWARD, *BACKWARD))
 
     def counts():
-        got = {name: spy.launches for name, spy in spies.items()}
-        for spy in spies.values():
-            spy.launches = 0
-        return got
+        return take_counts(spies)
 
     q = torch.randn(37, 2, 16, requires_grad=True)
     k, v = (torch.randn(17, 2, 16, requires_grad=True) for _ in range(2))
