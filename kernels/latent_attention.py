@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from ._aot import Sm90Config
-from ._launch import HAVE_TRITON, INTERPRET, next_pow2, use_triton
-from .flash_varlen import FlashTiles
+from ._launch import HAVE_TRITON, INTERPRET, use_triton
+from .flash_varlen import FlashTiles, flash_varlen_tiles
 
 if HAVE_TRITON:
     import triton
@@ -73,20 +72,10 @@ LatentTiles = FlashTiles
 
 
 def latent_attention_tiles(head_dim: int, dtype: torch.dtype = torch.bfloat16) -> LatentTiles:
-    """Tile sizes for ``head_dim`` <= 256 (checked by tests/test_kernels_sm90_latent.py: no
-    spills). float32 keeps the blocks with one pipeline stage (correctness, not speed)."""
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
-    bd = max(16, next_pow2(head_dim))
-    if bd <= 64:
-        t = LatentTiles(bd, 128, 64, 8, 3, 32, 64, 4, 64, 32, 4, 3)
-    elif bd <= 128:
-        t = LatentTiles(bd, 128, 64, 8, 3, 32, 64, 8, 64, 32, 4, 2)
-    else:
-        t = LatentTiles(bd, 128, 32, 8, 2, 16, 32, 8, 32, 16, 8, 1)
-    if dtype == torch.float32:
-        t = replace(t, fwd_stages=1, bwd_stages=1)
-    return t
+    """Tile sizes for ``head_dim`` <= 256: the flash kernels' (:func:`flash_varlen_tiles`, no
+    dropout), one table for both; tests/test_kernels_sm90_latent.py checks these kernels compile
+    with them without spills. float32 keeps the blocks with one pipeline stage."""
+    return flash_varlen_tiles(head_dim, dtype)
 
 
 def dkdv_splits(tokens: int, latents: int, heads: int, tiles: LatentTiles) -> tuple[int, int]:
