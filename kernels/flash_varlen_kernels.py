@@ -189,6 +189,47 @@ if HAVE_TRITON:
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
         tl.store(DELTA + h.to(tl.int64) * total_tokens + offs_t, delta, mask=t_ok)
 
+    # ---- the backward's tile code, shared by the dK/dV and dQ kernels (triton inlines it) ----
+    #
+    # The two kernels hold the same tile of scores in two orientations: dK/dV keys x queries
+    # ([BLOCK_N1, BLOCK_M1], the transpose), dQ queries x keys ([BLOCK_M2, BLOCK_N2]). The helpers
+    # take their per-query and per-key operands already broadcast to the tile's shape, so the one
+    # code serves both.
+
+    @triton.jit
+    def _rows(X, row0, offs, stride_t, head, stride_h, offs_d):
+        """Pointers ``[len(offs), BLOCK_D]`` to tokens ``row0 + offs`` of head ``head`` of a packed
+        ``[T, H, D]`` tensor (token stride ``stride_t``, head stride ``stride_h``)."""
+        return X + (row0 + offs[:, None]) * stride_t + head * stride_h + offs_d[None, :]
+
+    @triton.jit
+    def _cols(X, row0, offs, stride_t, head, stride_h, offs_d):
+        """:func:`_rows` transposed: pointers ``[BLOCK_D, len(offs)]``."""
+        return X + (row0 + offs[None, :]) * stride_t + head * stride_h + offs_d[:, None]
+
+    @triton.jit
+    def _row_stats(X, head, total_tokens, row0, offs):
+        """Pointers to the float32 per-query statistics (LSE, delta; ``[Hq, T]``) of tokens
+        ``row0 + offs`` of query head ``head``."""
+        return X + head.to(tl.int64) * total_tokens + row0 + offs
+
+    @triton.jit
+    def _probs(s, lse2, ok, q_idx, k_idx, qk_scale, CAUSAL: tl.constexpr):
+        """P recomputed from the raw scores ``s`` and the log2-domain LSE ``lse2``: zero where
+        ``ok`` (the length mask) is false and, when ``CAUSAL``, where the query index ``q_idx`` is
+        below the key index ``k_idx`` (all broadcast to ``s``'s shape, either orientation)."""
+        p = tl.math.exp2(s * qk_scale - lse2)
+        keep = ok
+        if CAUSAL:
+            keep = keep & (q_idx >= k_idx)
+        return tl.where(keep, p, 0.0)
+
+    @triton.jit
+    def _dropped(x, keep, dropout_p):
+        """``x`` through the dropout: kept entries scaled by ``1 / (1 - dropout_p)``, the others
+        zero (``Z * x`` with the module docstring's ``Z``)."""
+        return tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
+
     @triton.jit(do_not_specialize=["seed", "offset"])
     def flash_varlen_bwd_dkdv_kernel(
         Q, K, V, DO, LSE, DELTA, DK, DV, CU,
@@ -216,14 +257,8 @@ if HAVE_TRITON:
             n_ok = offs_n < seqlen
             d_ok = offs_d < HEAD_DIM
             kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(
-                K + (row0 + offs_n[:, None]) * stride_kt + hk * stride_kh + offs_d[None, :],
-                mask=kv_mask, other=0.0,
-            )  # fmt: skip
-            v = tl.load(
-                V + (row0 + offs_n[:, None]) * stride_vt + hk * stride_vh + offs_d[None, :],
-                mask=kv_mask, other=0.0,
-            )  # fmt: skip
+            k = tl.load(_rows(K, row0, offs_n, stride_kt, hk, stride_kh, offs_d), kv_mask, 0.0)
+            v = tl.load(_rows(V, row0, offs_n, stride_vt, hk, stride_vh, offs_d), kv_mask, 0.0)
             dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
             dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
             if CAUSAL:
@@ -232,28 +267,22 @@ if HAVE_TRITON:
                 lo = 0
             for g in range(0, group):
                 h = hk * group + g
-                # Q and dO loaded transposed: [BLOCK_D, BLOCK_M1]
-                qt_base = Q + (row0 + offs_m[None, :]) * stride_qt + h * stride_qh + offs_d[:, None]
-                do_base = (
-                    DO + (row0 + offs_m[:, None]) * stride_dot + h * stride_doh + offs_d[None, :]
-                )
-                lse_base = LSE + h.to(tl.int64) * total_tokens + row0 + offs_m
-                delta_base = DELTA + h.to(tl.int64) * total_tokens + row0 + offs_m
+                # Q loaded transposed: [BLOCK_D, BLOCK_M1]
+                qt_base = _cols(Q, row0, offs_m, stride_qt, h, stride_qh, offs_d)
+                do_base = _rows(DO, row0, offs_m, stride_dot, h, stride_doh, offs_d)
+                lse_base = _row_stats(LSE, h, total_tokens, row0, offs_m)
+                delta_base = _row_stats(DELTA, h, total_tokens, row0, offs_m)
                 for m0 in range(lo, seqlen, BLOCK_M1):
                     m_ok = (m0 + offs_m) < seqlen
-                    qt = tl.load(
-                        qt_base + m0 * stride_qt, mask=d_ok[:, None] & m_ok[None, :], other=0.0
-                    )
+                    qt = tl.load(qt_base + m0 * stride_qt, d_ok[:, None] & m_ok[None, :], 0.0)
                     lse2 = tl.load(lse_base + m0, mask=m_ok, other=0.0) * 1.4426950408889634
                     qkt = tl.dot(k, qt, input_precision=DOT_PREC)  # [BLOCK_N1, BLOCK_M1]
-                    pt = tl.math.exp2(qkt * qk_scale - lse2[None, :])
-                    keep = m_ok[None, :]
-                    if CAUSAL:
-                        keep = keep & ((m0 + offs_m)[None, :] >= offs_n[:, None])
-                    pt = tl.where(keep, pt, 0.0)
-                    do = tl.load(
-                        do_base + m0 * stride_dot, mask=m_ok[:, None] & d_ok[None, :], other=0.0
-                    )
+                    pt = _probs(
+                        qkt, lse2[None, :], m_ok[None, :], (m0 + offs_m)[None, :], offs_n[:, None],
+                        qk_scale, CAUSAL,
+                    )  # fmt: skip
+                    do = tl.load(do_base + m0 * stride_dot, m_ok[:, None] & d_ok[None, :], 0.0)
+                    pdt = pt
                     if DROPOUT:
                         keep = tl.trans(
                             _dropout_keep(
@@ -261,24 +290,21 @@ if HAVE_TRITON:
                                 BLOCK_M1, BLOCK_N1,
                             )
                         )  # fmt: skip
-                        inv_keep = 1.0 / (1.0 - dropout_p)
-                        pdt = tl.where(keep, pt * inv_keep, 0.0)
-                        dv = tl.dot(pdt.to(do.dtype), do, dv, input_precision=DOT_PREC)
-                    else:
-                        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
+                        pdt = _dropped(pt, keep, dropout_p)
+                    dv = tl.dot(pdt.to(do.dtype), do, dv, input_precision=DOT_PREC)
                     di = tl.load(delta_base + m0, mask=m_ok, other=0.0)
                     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
                     if DROPOUT:
-                        dpt = tl.where(keep, dpt * inv_keep, 0.0)
+                        dpt = _dropped(dpt, keep, dropout_p)
                     dst = pt * (dpt - di[None, :])
                     dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
             dk = dk * sm_scale
             tl.store(
-                DK + (row0 + offs_n[:, None]) * stride_dkt + hk * stride_dkh + offs_d[None, :],
+                _rows(DK, row0, offs_n, stride_dkt, hk, stride_dkh, offs_d),
                 dk.to(DK.dtype.element_ty), mask=kv_mask,
             )  # fmt: skip
             tl.store(
-                DV + (row0 + offs_n[:, None]) * stride_dvt + hk * stride_dvh + offs_d[None, :],
+                _rows(DV, row0, offs_n, stride_dvt, hk, stride_dvh, offs_d),
                 dv.to(DV.dtype.element_ty), mask=kv_mask,
             )  # fmt: skip
 
@@ -309,25 +335,15 @@ if HAVE_TRITON:
             m_ok = offs_m < seqlen
             d_ok = offs_d < HEAD_DIM
             q_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(
-                Q + (row0 + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :],
-                mask=q_mask, other=0.0,
-            )  # fmt: skip
-            do = tl.load(
-                DO + (row0 + offs_m[:, None]) * stride_dot + h * stride_doh + offs_d[None, :],
-                mask=q_mask, other=0.0,
-            )  # fmt: skip
-            lse2 = tl.load(
-                LSE + h.to(tl.int64) * total_tokens + row0 + offs_m, mask=m_ok, other=0.0
-            )
+            q = tl.load(_rows(Q, row0, offs_m, stride_qt, h, stride_qh, offs_d), q_mask, 0.0)
+            do = tl.load(_rows(DO, row0, offs_m, stride_dot, h, stride_doh, offs_d), q_mask, 0.0)
+            lse2 = tl.load(_row_stats(LSE, h, total_tokens, row0, offs_m), mask=m_ok, other=0.0)
             lse2 = lse2 * 1.4426950408889634
-            di = tl.load(
-                DELTA + h.to(tl.int64) * total_tokens + row0 + offs_m, mask=m_ok, other=0.0
-            )
+            di = tl.load(_row_stats(DELTA, h, total_tokens, row0, offs_m), mask=m_ok, other=0.0)
             dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
             # K, V loaded transposed: [BLOCK_D, BLOCK_N2]
-            kt_ptrs = K + (row0 + offs_n[None, :]) * stride_kt + hk * stride_kh + offs_d[:, None]
-            vt_ptrs = V + (row0 + offs_n[None, :]) * stride_vt + hk * stride_vh + offs_d[:, None]
+            kt_ptrs = _cols(K, row0, offs_n, stride_kt, hk, stride_kh, offs_d)
+            vt_ptrs = _cols(V, row0, offs_n, stride_vt, hk, stride_vh, offs_d)
             if CAUSAL:
                 hi = tl.minimum(seqlen, m0 + BLOCK_M2)
             else:
@@ -338,21 +354,20 @@ if HAVE_TRITON:
                 kt = tl.load(kt_ptrs + n0 * stride_kt, mask=kv_mask, other=0.0)
                 vt = tl.load(vt_ptrs + n0 * stride_vt, mask=kv_mask, other=0.0)
                 qk = tl.dot(q, kt, input_precision=DOT_PREC)
-                p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-                keep = n_ok[None, :]
-                if CAUSAL:
-                    keep = keep & (offs_m[:, None] >= (n0 + offs_n)[None, :])
-                p = tl.where(keep, p, 0.0)
+                p = _probs(
+                    qk, lse2[:, None], n_ok[None, :], offs_m[:, None], (n0 + offs_n)[None, :],
+                    qk_scale, CAUSAL,
+                )  # fmt: skip
                 dp = tl.dot(do, vt, input_precision=DOT_PREC)
                 if DROPOUT:
                     keep = _dropout_keep(
                         seed, offset, h, start + offs_m, n0, dropout_p, BLOCK_M2, BLOCK_N2
                     )
-                    dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+                    dp = _dropped(dp, keep, dropout_p)
                 ds = p * (dp - di[:, None])
                 dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
             dq = dq * sm_scale
             tl.store(
-                DQ + (row0 + offs_m[:, None]) * stride_dqt + h * stride_dqh + offs_d[None, :],
+                _rows(DQ, row0, offs_m, stride_dqt, h, stride_dqh, offs_d),
                 dq.to(DQ.dtype.element_ty), mask=q_mask,
             )  # fmt: skip
