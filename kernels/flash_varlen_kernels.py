@@ -36,6 +36,79 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
+    # ---- shared by the kernels (triton inlines these): the packed layout, the masks, the grid ----
+
+    @triton.jit
+    def _this_block(CU, BLOCK: tl.constexpr):
+        """This program's place in the grid ``(blocks, texts, heads)``: ``(start, seqlen, b0,
+        head)``, its text's first packed row and length, the first token (inside the text) of its
+        block of ``BLOCK`` tokens, and its head."""
+        pid = tl.program_id(0)
+        text = tl.program_id(1)
+        head = tl.program_id(2)
+        start = tl.load(CU + text)
+        seqlen = tl.load(CU + text + 1) - start
+        return start, seqlen, pid * BLOCK, head
+
+    @triton.jit
+    def _block_offsets(
+        b0, seqlen, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr
+    ):
+        """``(offs, ok, offs_d, d_ok)``: the tokens ``b0 .. b0 + BLOCK - 1`` of a text and the
+        head dim's columns, each with its mask (inside the text's ``seqlen`` tokens, below
+        ``HEAD_DIM``)."""
+        offs = b0 + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, BLOCK_D)
+        return offs, offs < seqlen, offs_d, offs_d < HEAD_DIM
+
+    @triton.jit
+    def _rows(X, row0, offs, stride_t, head, stride_h, offs_d):
+        """Pointers ``[len(offs), BLOCK_D]`` to tokens ``row0 + offs`` of head ``head`` of a packed
+        ``[T, H, D]`` tensor (token stride ``stride_t``, head stride ``stride_h``)."""
+        return X + (row0 + offs[:, None]) * stride_t + head * stride_h + offs_d[None, :]
+
+    @triton.jit
+    def _cols(X, row0, offs, stride_t, head, stride_h, offs_d):
+        """:func:`_rows` transposed: pointers ``[BLOCK_D, len(offs)]``."""
+        return X + (row0 + offs[None, :]) * stride_t + head * stride_h + offs_d[:, None]
+
+    @triton.jit
+    def _load_rows(X, row0, offs, ok, stride_t, head, stride_h, offs_d, d_ok):
+        """The ``[len(offs), BLOCK_D]`` tile at :func:`_rows`, zero outside the tokens ``ok`` and
+        the head dims ``d_ok``."""
+        ptrs = _rows(X, row0, offs, stride_t, head, stride_h, offs_d)
+        return tl.load(ptrs, mask=ok[:, None] & d_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _store_rows(X, x, row0, offs, ok, stride_t, head, stride_h, offs_d, d_ok):
+        """Store the tile ``x`` at :func:`_rows`, in ``X``'s dtype, at the tokens ``ok`` and the
+        head dims ``d_ok``."""
+        ptrs = _rows(X, row0, offs, stride_t, head, stride_h, offs_d)
+        tl.store(ptrs, x.to(X.dtype.element_ty), mask=ok[:, None] & d_ok[None, :])
+
+    @triton.jit
+    def _row_stats(X, head, total_tokens, row0, offs):
+        """Pointers to the float32 per-query statistics (LSE, delta; ``[Hq, T]``) of tokens
+        ``row0 + offs`` of query head ``head``."""
+        return X + head.to(tl.int64) * total_tokens + row0 + offs
+
+    @triton.jit
+    def _visible(ok, q_idx, k_idx, CAUSAL: tl.constexpr):
+        """Which scores take part: ``ok`` (the length mask) and, when ``CAUSAL``, keys at or before
+        their query (``k_idx <= q_idx``); all broadcast to the tile's shape, either orientation."""
+        if CAUSAL:
+            ok = ok & (q_idx >= k_idx)
+        return ok
+
+    @triton.jit
+    def _keys_end(seqlen, m0, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+        """End (exclusive) of the keys that the queries ``m0 .. m0 + BLOCK_M - 1`` of a text of
+        ``seqlen`` tokens see: the text's end, or when ``CAUSAL`` the block's last query + 1."""
+        hi = seqlen
+        if CAUSAL:
+            hi = tl.minimum(seqlen, m0 + BLOCK_M)
+        return hi
+
     @triton.jit
     def _dropout_keep(
         seed, offset, h, rows, n0, dropout_p, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
@@ -73,12 +146,7 @@ if HAVE_TRITON:
     ):  # fmt: skip
         """MASK[h, t, j] (int8, ``[Hq, T, max_seqlen]``) = 1 where query token t of head h keeps
         its probability of key j of its text; entries past the text's length are not written."""
-        pid_m = tl.program_id(0)
-        text = tl.program_id(1)
-        h = tl.program_id(2)
-        start = tl.load(CU + text)
-        seqlen = tl.load(CU + text + 1) - start
-        m0 = pid_m * BLOCK_M
+        start, seqlen, m0, h = _this_block(CU, BLOCK_M)
         if m0 < seqlen:
             offs_m = m0 + tl.arange(0, BLOCK_M)
             offs_n = tl.arange(0, BLOCK_N)
@@ -104,12 +172,7 @@ if HAVE_TRITON:
         DROPOUT: drop P (after the softmax statistics) by :func:`_dropout_keep`'s mask and
         scale the output by 1 / (1 - dropout_p).
         """
-        pid_m = tl.program_id(0)
-        text = tl.program_id(1)
-        h = tl.program_id(2)
-        start = tl.load(CU + text)
-        seqlen = tl.load(CU + text + 1) - start
-        m0 = pid_m * BLOCK_M
+        start, seqlen, m0, h = _this_block(CU, BLOCK_M)
         if m0 < seqlen:
             hk = h // group
             offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -119,29 +182,22 @@ if HAVE_TRITON:
             m_ok = offs_m < seqlen
             d_ok = offs_d < HEAD_DIM
 
-            q_ptrs = Q + (row0 + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :]
-            q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            q = _load_rows(Q, row0, offs_m, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
             # K loaded transposed: [BLOCK_D, BLOCK_N]
-            kt_ptrs = K + (row0 + offs_n[None, :]) * stride_kt + hk * stride_kh + offs_d[:, None]
-            v_ptrs = V + (row0 + offs_n[:, None]) * stride_vt + hk * stride_vh + offs_d[None, :]
+            kt_ptrs = _cols(K, row0, offs_n, stride_kt, hk, stride_kh, offs_d)
+            v_ptrs = _rows(V, row0, offs_n, stride_vt, hk, stride_vh, offs_d)
 
             m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
             l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-            if CAUSAL:
-                hi = tl.minimum(seqlen, m0 + BLOCK_M)
-            else:
-                hi = seqlen
-            for n0 in range(0, hi, BLOCK_N):
+            for n0 in range(0, _keys_end(seqlen, m0, BLOCK_M, CAUSAL), BLOCK_N):
                 n_ok = (n0 + offs_n) < seqlen
                 kt = tl.load(
                     kt_ptrs + n0 * stride_kt, mask=d_ok[:, None] & n_ok[None, :], other=0.0
                 )
                 qk = tl.dot(q, kt, input_precision=DOT_PREC)
-                keep = n_ok[None, :]
-                if CAUSAL:
-                    keep = keep & (offs_m[:, None] >= (n0 + offs_n)[None, :])
+                keep = _visible(n_ok[None, :], offs_m[:, None], (n0 + offs_n)[None, :], CAUSAL)
                 qk = tl.where(keep, qk * qk_scale, float("-inf"))
                 # the first block holds key 0, which every row may see: m_ij is finite
                 m_ij = tl.maximum(m_i, tl.max(qk, 1))
@@ -164,9 +220,8 @@ if HAVE_TRITON:
                 acc = acc / l_i[:, None]
             # natural-log LSE of the unscaled-domain scores: (m + log2 l) * ln 2
             lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
-            tl.store(LSE + h.to(tl.int64) * total_tokens + row0 + offs_m, lse, mask=m_ok)
-            o_ptrs = O + (row0 + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :]
-            tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+            tl.store(_row_stats(LSE, h, total_tokens, row0, offs_m), lse, mask=m_ok)
+            _store_rows(O, acc, row0, offs_m, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
 
     @triton.jit
     def flash_varlen_bwd_preprocess(
@@ -189,6 +244,26 @@ if HAVE_TRITON:
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
         tl.store(DELTA + h.to(tl.int64) * total_tokens + offs_t, delta, mask=t_ok)
 
+    # ---- the backward's tile code, shared by the dK/dV and dQ kernels ----------------------------
+    #
+    # The two kernels hold the same tile of scores in two orientations: dK/dV keys x queries
+    # ([BLOCK_N1, BLOCK_M1], the transpose), dQ queries x keys ([BLOCK_M2, BLOCK_N2]). The helpers
+    # take their per-query and per-key operands already broadcast to the tile's shape, so the one
+    # code serves both.
+
+    @triton.jit
+    def _probs(s, lse2, ok, q_idx, k_idx, qk_scale, CAUSAL: tl.constexpr):
+        """P recomputed from the raw scores ``s`` and the log2-domain LSE ``lse2`` (broadcast to
+        ``s``'s shape), zero where :func:`_visible` is false."""
+        p = tl.math.exp2(s * qk_scale - lse2)
+        return tl.where(_visible(ok, q_idx, k_idx, CAUSAL), p, 0.0)
+
+    @triton.jit
+    def _dropped(x, keep, dropout_p):
+        """``x`` through the dropout: kept entries scaled by ``1 / (1 - dropout_p)``, the others
+        zero (``Z * x`` with the module docstring's ``Z``)."""
+        return tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
+
     @triton.jit(do_not_specialize=["seed", "offset"])
     def flash_varlen_bwd_dkdv_kernel(
         Q, K, V, DO, LSE, DELTA, DK, DV, CU,
@@ -202,28 +277,13 @@ if HAVE_TRITON:
         """dK, dV of one BLOCK_N1 key block of one kv head, summed over the query heads of its
         group and the query blocks of its text (GQA without atomics). DROPOUT: the forward's
         mask regenerated; dV takes the dropped, rescaled P, dS the masked, rescaled dO V^T."""
-        pid_n = tl.program_id(0)
-        text = tl.program_id(1)
-        hk = tl.program_id(2)
-        start = tl.load(CU + text)
-        seqlen = tl.load(CU + text + 1) - start
-        n0 = pid_n * BLOCK_N1
+        start, seqlen, n0, hk = _this_block(CU, BLOCK_N1)
         if n0 < seqlen:
             row0 = start.to(tl.int64)
-            offs_n = n0 + tl.arange(0, BLOCK_N1)
+            offs_n, n_ok, offs_d, d_ok = _block_offsets(n0, seqlen, BLOCK_N1, HEAD_DIM, BLOCK_D)
             offs_m = tl.arange(0, BLOCK_M1)
-            offs_d = tl.arange(0, BLOCK_D)
-            n_ok = offs_n < seqlen
-            d_ok = offs_d < HEAD_DIM
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(
-                K + (row0 + offs_n[:, None]) * stride_kt + hk * stride_kh + offs_d[None, :],
-                mask=kv_mask, other=0.0,
-            )  # fmt: skip
-            v = tl.load(
-                V + (row0 + offs_n[:, None]) * stride_vt + hk * stride_vh + offs_d[None, :],
-                mask=kv_mask, other=0.0,
-            )  # fmt: skip
+            k = _load_rows(K, row0, offs_n, n_ok, stride_kt, hk, stride_kh, offs_d, d_ok)
+            v = _load_rows(V, row0, offs_n, n_ok, stride_vt, hk, stride_vh, offs_d, d_ok)
             dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
             dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
             if CAUSAL:
@@ -232,13 +292,11 @@ if HAVE_TRITON:
                 lo = 0
             for g in range(0, group):
                 h = hk * group + g
-                # Q and dO loaded transposed: [BLOCK_D, BLOCK_M1]
-                qt_base = Q + (row0 + offs_m[None, :]) * stride_qt + h * stride_qh + offs_d[:, None]
-                do_base = (
-                    DO + (row0 + offs_m[:, None]) * stride_dot + h * stride_doh + offs_d[None, :]
-                )
-                lse_base = LSE + h.to(tl.int64) * total_tokens + row0 + offs_m
-                delta_base = DELTA + h.to(tl.int64) * total_tokens + row0 + offs_m
+                # Q loaded transposed: [BLOCK_D, BLOCK_M1]
+                qt_base = _cols(Q, row0, offs_m, stride_qt, h, stride_qh, offs_d)
+                do_base = _rows(DO, row0, offs_m, stride_dot, h, stride_doh, offs_d)
+                lse_base = _row_stats(LSE, h, total_tokens, row0, offs_m)
+                delta_base = _row_stats(DELTA, h, total_tokens, row0, offs_m)
                 for m0 in range(lo, seqlen, BLOCK_M1):
                     m_ok = (m0 + offs_m) < seqlen
                     qt = tl.load(
@@ -246,14 +304,14 @@ if HAVE_TRITON:
                     )
                     lse2 = tl.load(lse_base + m0, mask=m_ok, other=0.0) * 1.4426950408889634
                     qkt = tl.dot(k, qt, input_precision=DOT_PREC)  # [BLOCK_N1, BLOCK_M1]
-                    pt = tl.math.exp2(qkt * qk_scale - lse2[None, :])
-                    keep = m_ok[None, :]
-                    if CAUSAL:
-                        keep = keep & ((m0 + offs_m)[None, :] >= offs_n[:, None])
-                    pt = tl.where(keep, pt, 0.0)
+                    pt = _probs(
+                        qkt, lse2[None, :], m_ok[None, :], (m0 + offs_m)[None, :], offs_n[:, None],
+                        qk_scale, CAUSAL,
+                    )  # fmt: skip
                     do = tl.load(
                         do_base + m0 * stride_dot, mask=m_ok[:, None] & d_ok[None, :], other=0.0
                     )
+                    pdt = pt
                     if DROPOUT:
                         keep = tl.trans(
                             _dropout_keep(
@@ -261,26 +319,17 @@ if HAVE_TRITON:
                                 BLOCK_M1, BLOCK_N1,
                             )
                         )  # fmt: skip
-                        inv_keep = 1.0 / (1.0 - dropout_p)
-                        pdt = tl.where(keep, pt * inv_keep, 0.0)
-                        dv = tl.dot(pdt.to(do.dtype), do, dv, input_precision=DOT_PREC)
-                    else:
-                        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
+                        pdt = _dropped(pt, keep, dropout_p)
+                    dv = tl.dot(pdt.to(do.dtype), do, dv, input_precision=DOT_PREC)
                     di = tl.load(delta_base + m0, mask=m_ok, other=0.0)
                     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
                     if DROPOUT:
-                        dpt = tl.where(keep, dpt * inv_keep, 0.0)
+                        dpt = _dropped(dpt, keep, dropout_p)
                     dst = pt * (dpt - di[None, :])
                     dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
             dk = dk * sm_scale
-            tl.store(
-                DK + (row0 + offs_n[:, None]) * stride_dkt + hk * stride_dkh + offs_d[None, :],
-                dk.to(DK.dtype.element_ty), mask=kv_mask,
-            )  # fmt: skip
-            tl.store(
-                DV + (row0 + offs_n[:, None]) * stride_dvt + hk * stride_dvh + offs_d[None, :],
-                dv.to(DV.dtype.element_ty), mask=kv_mask,
-            )  # fmt: skip
+            _store_rows(DK, dk, row0, offs_n, n_ok, stride_dkt, hk, stride_dkh, offs_d, d_ok)
+            _store_rows(DV, dv, row0, offs_n, n_ok, stride_dvt, hk, stride_dvh, offs_d, d_ok)
 
     @triton.jit(do_not_specialize=["seed", "offset"])
     def flash_varlen_bwd_dq_kernel(
@@ -294,65 +343,38 @@ if HAVE_TRITON:
     ):  # fmt: skip
         """dQ of one BLOCK_M2 query block of one query head, over the key blocks of its text.
         DROPOUT: dS takes dO V^T masked by the forward's (regenerated) mask and rescaled."""
-        pid_m = tl.program_id(0)
-        text = tl.program_id(1)
-        h = tl.program_id(2)
-        start = tl.load(CU + text)
-        seqlen = tl.load(CU + text + 1) - start
-        m0 = pid_m * BLOCK_M2
+        start, seqlen, m0, h = _this_block(CU, BLOCK_M2)
         if m0 < seqlen:
             hk = h // group
             row0 = start.to(tl.int64)
-            offs_m = m0 + tl.arange(0, BLOCK_M2)
+            offs_m, m_ok, offs_d, d_ok = _block_offsets(m0, seqlen, BLOCK_M2, HEAD_DIM, BLOCK_D)
             offs_n = tl.arange(0, BLOCK_N2)
-            offs_d = tl.arange(0, BLOCK_D)
-            m_ok = offs_m < seqlen
-            d_ok = offs_d < HEAD_DIM
-            q_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(
-                Q + (row0 + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :],
-                mask=q_mask, other=0.0,
-            )  # fmt: skip
-            do = tl.load(
-                DO + (row0 + offs_m[:, None]) * stride_dot + h * stride_doh + offs_d[None, :],
-                mask=q_mask, other=0.0,
-            )  # fmt: skip
-            lse2 = tl.load(
-                LSE + h.to(tl.int64) * total_tokens + row0 + offs_m, mask=m_ok, other=0.0
-            )
+            q = _load_rows(Q, row0, offs_m, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
+            do = _load_rows(DO, row0, offs_m, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
+            lse2 = tl.load(_row_stats(LSE, h, total_tokens, row0, offs_m), mask=m_ok, other=0.0)
             lse2 = lse2 * 1.4426950408889634
-            di = tl.load(
-                DELTA + h.to(tl.int64) * total_tokens + row0 + offs_m, mask=m_ok, other=0.0
-            )
+            di = tl.load(_row_stats(DELTA, h, total_tokens, row0, offs_m), mask=m_ok, other=0.0)
             dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
             # K, V loaded transposed: [BLOCK_D, BLOCK_N2]
-            kt_ptrs = K + (row0 + offs_n[None, :]) * stride_kt + hk * stride_kh + offs_d[:, None]
-            vt_ptrs = V + (row0 + offs_n[None, :]) * stride_vt + hk * stride_vh + offs_d[:, None]
-            if CAUSAL:
-                hi = tl.minimum(seqlen, m0 + BLOCK_M2)
-            else:
-                hi = seqlen
-            for n0 in range(0, hi, BLOCK_N2):
+            kt_ptrs = _cols(K, row0, offs_n, stride_kt, hk, stride_kh, offs_d)
+            vt_ptrs = _cols(V, row0, offs_n, stride_vt, hk, stride_vh, offs_d)
+            for n0 in range(0, _keys_end(seqlen, m0, BLOCK_M2, CAUSAL), BLOCK_N2):
                 n_ok = (n0 + offs_n) < seqlen
                 kv_mask = d_ok[:, None] & n_ok[None, :]
                 kt = tl.load(kt_ptrs + n0 * stride_kt, mask=kv_mask, other=0.0)
                 vt = tl.load(vt_ptrs + n0 * stride_vt, mask=kv_mask, other=0.0)
                 qk = tl.dot(q, kt, input_precision=DOT_PREC)
-                p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-                keep = n_ok[None, :]
-                if CAUSAL:
-                    keep = keep & (offs_m[:, None] >= (n0 + offs_n)[None, :])
-                p = tl.where(keep, p, 0.0)
+                p = _probs(
+                    qk, lse2[:, None], n_ok[None, :], offs_m[:, None], (n0 + offs_n)[None, :],
+                    qk_scale, CAUSAL,
+                )  # fmt: skip
                 dp = tl.dot(do, vt, input_precision=DOT_PREC)
                 if DROPOUT:
                     keep = _dropout_keep(
                         seed, offset, h, start + offs_m, n0, dropout_p, BLOCK_M2, BLOCK_N2
                     )
-                    dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+                    dp = _dropped(dp, keep, dropout_p)
                 ds = p * (dp - di[:, None])
                 dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
             dq = dq * sm_scale
-            tl.store(
-                DQ + (row0 + offs_m[:, None]) * stride_dqt + h * stride_dqh + offs_d[None, :],
-                dq.to(DQ.dtype.element_ty), mask=q_mask,
-            )  # fmt: skip
+            _store_rows(DQ, dq, row0, offs_m, m_ok, stride_dqt, h, stride_dqh, offs_d, d_ok)
