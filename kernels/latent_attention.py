@@ -166,6 +166,41 @@ def latent_attention_bwd_ref(
 if HAVE_TRITON:
 
     @triton.jit
+    def _offsets(
+        n_rows, BLOCK: tl.constexpr, STEP: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        """``(h, offs, ok, offs_step, offs_d, d_ok)``: this program's head (``program_id(1)``),
+        its block of ``BLOCK`` rows (``program_id(0)``) of ``n_rows`` with their mask, the
+        ``STEP`` offsets of its loop over the other side, the head dims and their mask."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, BLOCK_D)
+        return tl.program_id(1), offs, offs < n_rows, tl.arange(0, STEP), offs_d, offs_d < HEAD_DIM
+
+    @triton.jit
+    def _tile(X, offs_r, stride_r, h, stride_h, offs_d):
+        """Pointers ``[len(offs_r), BLOCK_D]`` to rows ``offs_r`` of head ``h`` of a ``[rows, H,
+        D]`` tensor (row stride ``stride_r``, head stride ``stride_h``)."""
+        return X + offs_r[:, None] * stride_r + h * stride_h + offs_d[None, :]
+
+    @triton.jit
+    def _tile_t(X, offs_r, stride_r, h, stride_h, offs_d):
+        """:func:`_tile` transposed: pointers ``[BLOCK_D, len(offs_r)]``."""
+        return X + offs_r[None, :] * stride_r + h * stride_h + offs_d[:, None]
+
+    @triton.jit
+    def _load_tile(X, offs_r, r_ok, stride_r, h, stride_h, offs_d, d_ok):
+        """The tile at :func:`_tile`, zero outside the rows ``r_ok`` and the head dims ``d_ok``."""
+        ptrs = _tile(X, offs_r, stride_r, h, stride_h, offs_d)
+        return tl.load(ptrs, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _store_tile(X, x, offs_r, r_ok, stride_r, h, stride_h, offs_d, d_ok):
+        """Store ``x`` at :func:`_tile` in ``X``'s dtype, at the rows ``r_ok`` and dims ``d_ok``."""
+        ptrs = _tile(X, offs_r, stride_r, h, stride_h, offs_d)
+        tl.store(ptrs, x.to(X.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
+
+    @triton.jit
     def latent_attention_fwd_kernel(
         Q, K, V, O, LSE,
         stride_qt, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_ot, stride_oh,
@@ -177,19 +212,12 @@ if HAVE_TRITON:
 
         Q, O ``[T, H, D]``; K, V ``[R, H, D]``; LSE ``[H, T]`` float32. qk_scale = softmax scale
         * log2(e): scores live in the log2 domain inside the kernel."""
-        h = tl.program_id(1)
-        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        m_ok = offs_m < n_tokens
-        d_ok = offs_d < HEAD_DIM
-        rows = offs_m.to(tl.int64)[:, None]
-        q = tl.load(
-            Q + rows * stride_qt + h * stride_qh + offs_d[None, :],
-            mask=m_ok[:, None] & d_ok[None, :], other=0.0,
-        )  # fmt: skip
-        kt_ptrs = K + offs_n[None, :] * stride_kr + h * stride_kh + offs_d[:, None]  # [D, N]
-        v_ptrs = V + offs_n[:, None] * stride_vr + h * stride_vh + offs_d[None, :]
+        h, offs_m, m_ok, offs_n, offs_d, d_ok = _offsets(n_tokens, BLOCK_M, BLOCK_N, HEAD_DIM,
+                                                         BLOCK_D)  # fmt: skip
+        rows = offs_m.to(tl.int64)
+        q = _load_tile(Q, rows, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
+        kt_ptrs = _tile_t(K, offs_n, stride_kr, h, stride_kh, offs_d)  # [D, N]
+        v_ptrs = _tile(V, offs_n, stride_vr, h, stride_vh, offs_d)
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -209,10 +237,7 @@ if HAVE_TRITON:
         acc = acc / l_i[:, None]
         lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # natural log
         tl.store(LSE + h.to(tl.int64) * n_tokens + offs_m, lse, mask=m_ok)
-        tl.store(
-            O + rows * stride_ot + h * stride_oh + offs_d[None, :], acc.to(O.dtype.element_ty),
-            mask=m_ok[:, None] & d_ok[None, :],
-        )  # fmt: skip
+        _store_tile(O, acc, rows, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
 
     @triton.jit
     def latent_attention_bwd_dq_kernel(
@@ -225,27 +250,20 @@ if HAVE_TRITON:
     ):  # fmt: skip
         """dQ of one BLOCK_M2 token block of one head, and its rows of DELTA ``[H, T]`` =
         rowsum(dO * O) in float32, which the dK/dV kernel reads (launched after this one)."""
-        h = tl.program_id(1)
-        offs_m = tl.program_id(0) * BLOCK_M2 + tl.arange(0, BLOCK_M2)
-        offs_n = tl.arange(0, BLOCK_N2)
-        offs_d = tl.arange(0, BLOCK_D)
-        m_ok = offs_m < n_tokens
-        d_ok = offs_d < HEAD_DIM
-        q_mask = m_ok[:, None] & d_ok[None, :]
-        rows = offs_m.to(tl.int64)[:, None]
-        q = tl.load(Q + rows * stride_qt + h * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(
-            DO + rows * stride_dot + h * stride_doh + offs_d[None, :], mask=q_mask, other=0.0
-        )
-        o = tl.load(O + rows * stride_ot + h * stride_oh + offs_d[None, :], mask=q_mask, other=0.0)
+        h, offs_m, m_ok, offs_n, offs_d, d_ok = _offsets(n_tokens, BLOCK_M2, BLOCK_N2, HEAD_DIM,
+                                                         BLOCK_D)  # fmt: skip
+        rows = offs_m.to(tl.int64)
+        q = _load_tile(Q, rows, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
+        do = _load_tile(DO, rows, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
+        o = _load_tile(O, rows, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
         di = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
         row_h = h.to(tl.int64) * n_tokens + offs_m
         tl.store(DELTA + row_h, di, mask=m_ok)
         lse2 = tl.load(LSE + row_h, mask=m_ok, other=0.0) * 1.4426950408889634
         dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
         # K, V loaded transposed: [BLOCK_D, BLOCK_N2]
-        kt_ptrs = K + offs_n[None, :] * stride_kr + h * stride_kh + offs_d[:, None]
-        vt_ptrs = V + offs_n[None, :] * stride_vr + h * stride_vh + offs_d[:, None]
+        kt_ptrs = _tile_t(K, offs_n, stride_kr, h, stride_kh, offs_d)
+        vt_ptrs = _tile_t(V, offs_n, stride_vr, h, stride_vh, offs_d)
         for n0 in range(0, n_latents, BLOCK_N2):
             n_ok = (n0 + offs_n) < n_latents
             kv_mask = d_ok[:, None] & n_ok[None, :]
@@ -257,10 +275,7 @@ if HAVE_TRITON:
             ds = p * (dp - di[:, None])
             dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
         dq = dq * sm_scale
-        tl.store(
-            DQ + rows * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-            mask=q_mask,
-        )  # fmt: skip
+        _store_tile(DQ, dq, rows, m_ok, stride_dqt, h, stride_dqh, offs_d, d_ok)
 
     @triton.jit
     def latent_attention_bwd_dkdv_kernel(
@@ -273,22 +288,12 @@ if HAVE_TRITON:
         """The float32 partial dK, dV of one BLOCK_N1 latent block of one head over the tokens
         of split ``program_id(2)`` (``split_tokens`` each, a multiple of BLOCK_M1). DKP, DVP are
         ``[splits, R, H, D]`` contiguous float32; the launcher sums them over splits."""
-        h = tl.program_id(1)
+        h, offs_n, n_ok, offs_m, offs_d, d_ok = _offsets(n_latents, BLOCK_N1, BLOCK_M1, HEAD_DIM,
+                                                         BLOCK_D)  # fmt: skip
         split = tl.program_id(2)
-        offs_n = tl.program_id(0) * BLOCK_N1 + tl.arange(0, BLOCK_N1)
-        offs_m = tl.arange(0, BLOCK_M1)
-        offs_d = tl.arange(0, BLOCK_D)
-        n_ok = offs_n < n_latents
-        d_ok = offs_d < HEAD_DIM
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(
-            K + offs_n[:, None] * stride_kr + h * stride_kh + offs_d[None, :], mask=kv_mask,
-            other=0.0,
-        )  # fmt: skip
-        v = tl.load(
-            V + offs_n[:, None] * stride_vr + h * stride_vh + offs_d[None, :], mask=kv_mask,
-            other=0.0,
-        )  # fmt: skip
+        k = _load_tile(K, offs_n, n_ok, stride_kr, h, stride_kh, offs_d, d_ok)
+        v = _load_tile(V, offs_n, n_ok, stride_vr, h, stride_vh, offs_d, d_ok)
         dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         lo = split * split_tokens
@@ -299,13 +304,10 @@ if HAVE_TRITON:
             rows = (m0 + offs_m).to(tl.int64)
             # Q loaded transposed: [BLOCK_D, BLOCK_M1]
             qt = tl.load(
-                Q + rows[None, :] * stride_qt + h * stride_qh + offs_d[:, None],
+                _tile_t(Q, rows, stride_qt, h, stride_qh, offs_d),
                 mask=d_ok[:, None] & m_ok[None, :], other=0.0,
             )  # fmt: skip
-            do = tl.load(
-                DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0,
-            )  # fmt: skip
+            do = _load_tile(DO, rows, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
             lse2 = tl.load(LSE + row_h + rows, mask=m_ok, other=0.0) * 1.4426950408889634
             di = tl.load(DELTA + row_h + rows, mask=m_ok, other=0.0)
             qkt = tl.dot(k, qt, input_precision=DOT_PREC)  # [BLOCK_N1, BLOCK_M1]
