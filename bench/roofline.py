@@ -39,30 +39,50 @@ def model_flops_per_token(config, lengths: list[int]) -> dict:
     }
 
 
-def matmul_rate(m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1.0) -> float:
-    """Best GFLOP/s of ``[m, k] @ [k, n]`` over repeated timings (torch's default threads)."""
+def matmul_rate(
+    m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1.0, onednn: bool = False
+) -> float:
+    """Best GFLOP/s of ``[m, k] @ [k, n]`` over repeated timings (torch's default threads):
+    torch's matmul (MKL in the CPU build), or with ``onednn`` oneDNN's GEMM as our linear
+    layers call it (``kernels/cpu_linear.py``)."""
     a = torch.randn(m, k, dtype=dtype)
     b = torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
+    if onednn:
+        w = b.t().contiguous()
+
+        def run():
+            return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+    else:
+
+        def run():
+            return a @ b
+
+    with torch.inference_mode():
+        for _ in range(3):
+            run()
+        best = float("inf")
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
     return 2 * m * k * n / best / 1e9
 
 
 def machine_rates(config) -> dict:
     """float32 matmul GFLOP/s at a large square shape and at the model's own MLP shape (1024
-    tokens, the CPU's default token budget): the ceiling the throughput rows are held against."""
+    tokens, the CPU's default token budget), by torch's matmul (MKL) and by oneDNN: the best is
+    the ceiling the throughput rows are held against."""
     d, inter = config.hidden_size, config.intermediate_size
-    return {
+    rates = {
         "threads": torch.get_num_threads(),
         "fp32_gflops_square_2048": matmul_rate(2048, 2048, 2048),
         f"fp32_gflops_mlp_1024x{d}x{inter}": matmul_rate(1024, d, inter),
     }
+    if torch.backends.mkldnn.is_available():  # the faster of torch's two CPU GEMM libraries here
+        rates["fp32_gflops_onednn_square_2048"] = matmul_rate(2048, 2048, 2048, onednn=True)
+        rates[f"fp32_gflops_onednn_mlp_1024x{d}x{inter}"] = matmul_rate(1024, d, inter, onednn=True)
+    return rates
 
 
 def annotate(runs: list[dict], flops: dict, rates: dict) -> None:

@@ -25,6 +25,7 @@ __path__ = subpackage_path(__file__, "kernels")
 from llm2vec_fast.kernels import ops  # noqa: E402
 from llm2vec_fast.kernels._launch import use_triton  # noqa: E402
 from llm2vec_fast.kernels.attention import varlen_attention_ref, varlen_attention_sdpa  # noqa: E402
+from llm2vec_fast.kernels.cpu_linear import Linear  # noqa: E402
 from llm2vec_fast.kernels.glu import gated_act_ref  # noqa: E402
 from llm2vec_fast.kernels.latent_attention import latent_attention_ref  # noqa: E402
 from llm2vec_fast.kernels.latent_ops import latent_attention  # noqa: E402
@@ -41,6 +42,7 @@ from llm2vec_fast.kernels.rms_norm import rms_norm_ref  # noqa: E402
 from llm2vec_fast.kernels.rope import rope_ref  # noqa: E402
 
 __all__ = [
+    "Linear",
     "POOLING_MODES",
     "apply_rope",
     "flash_varlen_attention",

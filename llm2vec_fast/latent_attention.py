@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm2vec_fast.checkpoint import LATENT_ATTENTION_FILE, CheckpointError
+from llm2vec_fast.kernels import Linear, segment_pool
 from llm2vec_fast.kernels import latent_attention as latent_attention_op
-from llm2vec_fast.kernels import segment_pool
 from llm2vec_fast.kernels.latent_attention import uses_triton as latent_kernel_runs
 
 __all__ = [
@@ -118,9 +118,9 @@ class _CrossAttention(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
-        self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * heads * head_dim, bias=False)
-        self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
+        self.to_q = Linear(dim, heads * head_dim, bias=False)
+        self.to_kv = Linear(dim, 2 * heads * head_dim, bias=False)
+        self.to_out = Linear(heads * head_dim, dim, bias=False)
 
 
 class _GEGLU(nn.Module):
@@ -132,9 +132,7 @@ class _GEGLU(nn.Module):
 class _FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult * 2), _GEGLU(), nn.Linear(dim * mult, dim)
-        )
+        self.net = nn.Sequential(Linear(dim, dim * mult * 2), _GEGLU(), Linear(dim * mult, dim))
 
 
 class LatentAttentionHead(nn.Module):

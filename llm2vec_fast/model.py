@@ -22,6 +22,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from llm2vec_fast.kernels import (
+    Linear,
     apply_rope,
     gated_act,
     rms_norm,
@@ -142,10 +143,10 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         h = cfg.hidden_size
-        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
+        self.q_proj = Linear(h, self.num_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = Linear(h, self.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, h, bias=cfg.o_bias)
 
     def forward(self, x, rope, cu_seqlens, max_seqlen, dropout_p=0.0):
         t = x.shape[0]
@@ -166,9 +167,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
+        self.gate_proj = Linear(h, i, bias=cfg.mlp_bias)
+        self.up_proj = Linear(h, i, bias=cfg.mlp_bias)
+        self.down_proj = Linear(i, h, bias=cfg.mlp_bias)
         self.act = _ACTIVATIONS[cfg.hidden_act]
         self.kernel_act = _KERNEL_ACT.get(cfg.hidden_act)
         self.kernel = False  # our gated-activation kernel (set by EncoderModel.attn_implementation)
