@@ -87,12 +87,14 @@ def flash_varlen_tiles(
     # wgmma to mma.sync (D=256 backward), which keeps the fp32 accumulators out of local memory.
     if bd <= 64:
         t = FlashTiles(bd, 128, 64, 8, 3, 32, 64, 4, 64, 32, 4, 3)
-    elif bd <= 128:
-        t = FlashTiles(bd, 128, 64, 8, 3, 32, 64, 8, 64, 32, 4, 2)
+    elif bd <= 128:  # measured on an H200 (bench/tune_kernels.py, bench/NOTES.md)
+        t = FlashTiles(bd, 64, 64, 4, 3, 32, 64, 4, 64, 32, 4, 3)
     else:
         t = FlashTiles(bd, 128, 32, 8, 2, 16, 32, 8, 32, 16, 8, 1)
     if dropout and bd > 128:
         t = replace(t, BLOCK_N=16)
+    if dropout and 64 < bd <= 128:  # dK/dV: 4 warps spill with the dropout mask's registers
+        t = replace(t, dkdv_warps=8, bwd_stages=2)
     if dtype == torch.float32:
         t = replace(t, fwd_stages=1, bwd_stages=1)
     return t

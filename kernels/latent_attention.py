@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -73,9 +74,15 @@ LatentTiles = FlashTiles
 
 def latent_attention_tiles(head_dim: int, dtype: torch.dtype = torch.bfloat16) -> LatentTiles:
     """Tile sizes for ``head_dim`` <= 256: the flash kernels' (:func:`flash_varlen_tiles`, no
-    dropout), one table for both; tests/test_kernels_sm90_latent.py checks these kernels compile
-    with them without spills. float32 keeps the blocks with one pipeline stage."""
-    return flash_varlen_tiles(head_dim, dtype)
+    dropout), one table for both, except the backward at head dims 65-128, which keeps 8 dK/dV
+    warps and 2 stages: measured there on an H200 (fwd+bwd 0.63 ms at 16.8k tokens x 512
+    latents, 8 heads), 0.86 ms with the flash kernels' 4 warps. tests/test_kernels_sm90_latent.py
+    checks these kernels compile with them without spills. float32 keeps the blocks with one
+    pipeline stage."""
+    t = flash_varlen_tiles(head_dim, dtype)
+    if 64 < t.BLOCK_D <= 128:
+        t = replace(t, dkdv_warps=8, bwd_stages=1 if dtype == torch.float32 else 2)
+    return t
 
 
 def dkdv_splits(tokens: int, latents: int, heads: int, tiles: LatentTiles) -> tuple[int, int]:

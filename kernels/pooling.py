@@ -105,9 +105,18 @@ def segment_pool_ref(
 # Triton
 
 
-def _config(n_cols: int) -> dict:
-    """Block sizes and warps (forward and backward) for hidden size ``n_cols``."""
-    return {"BLOCK_T": 32, "BLOCK_H": min(256, next_pow2(n_cols)), "num_warps": 4}
+def _config(n_cols: int, mode: str = "mean", backward: bool = False) -> dict:
+    """Block sizes and warps for hidden size ``n_cols``, ``mode`` and direction.
+
+    Forward: 64 columns by 64 tokens, 1.8x the first 256 x 32 on an H200 (mean pooling of
+    16.8k x 4096 bf16 tokens, bench/tune_kernels.py, twice; more programs, more loads in
+    flight); weighted_mean keeps 32-token blocks (at 64 its fp16 forward takes a stack frame
+    on sm_90). Backward: 256 x 32, the blocks it was measured at (fwd+bwd 0.36 ms there); with
+    the forward's blocks fwd+bwd measured 0.86 ms."""
+    if backward:
+        return {"BLOCK_T": 32, "BLOCK_H": min(256, next_pow2(n_cols)), "num_warps": 4}
+    block_t = 32 if mode == "weighted_mean" else 64
+    return {"BLOCK_T": block_t, "BLOCK_H": min(64, next_pow2(n_cols)), "num_warps": 4}
 
 
 if HAVE_TRITON:
@@ -244,11 +253,11 @@ def mask_bytes(pool_mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     return m.view(torch.uint8)
 
 
-def _launch(kernel, mode: str, n: int, n_cols: int, *args) -> None:
+def _launch(kernel, mode: str, n: int, n_cols: int, *args, backward: bool = False) -> None:
     """``kernel(*args, n_cols, MODE, BLOCK_T, BLOCK_H)``, one program per text and column block
     at :func:`_config`'s sizes; nothing for no texts or no columns."""
     if n and n_cols:
-        cfg = _config(n_cols)
+        cfg = _config(n_cols, mode, backward)
         grid = (n, triton.cdiv(n_cols, cfg["BLOCK_H"]))
         kernel[grid](
             *args, n_cols, MODE=_MODE_ID[mode], BLOCK_T=cfg["BLOCK_T"], BLOCK_H=cfg["BLOCK_H"],
@@ -293,6 +302,7 @@ def segment_pool_bwd(
     _launch(
         _segment_pool_bwd_kernel, mode, n, n_cols,
         dh, d_out, aux, mask_u8, cu_seqlens, dh.stride(0), d_out.stride(0),
+        backward=True,
     )  # fmt: skip
     return dh
 
@@ -330,16 +340,18 @@ def _sm90_configs(
     dtypes, modes = tuple(dtypes), tuple(modes)
     tail = {"n_cols": "i32", "MODE": "constexpr", "BLOCK_T": "constexpr", "BLOCK_H": "constexpr"}
     for h in hidden_sizes:
-        cfg = _config(h)
-        blocks = {"BLOCK_T": cfg["BLOCK_T"], "BLOCK_H": cfg["BLOCK_H"]}
-        options = {"num_warps": cfg["num_warps"]}
         for dt in dtypes:
             for mode in modes:
-                const = {"MODE": _MODE_ID[mode], **blocks}
+                launch = {}  # direction -> (constexprs, options) at _config's sizes
+                for bwd in (False, True):
+                    cfg = _config(h, mode, bwd)
+                    const = {"MODE": _MODE_ID[mode], "BLOCK_T": cfg["BLOCK_T"],
+                             "BLOCK_H": cfg["BLOCK_H"]}  # fmt: skip
+                    launch[bwd] = const, {"num_warps": cfg["num_warps"]}
                 fwd_sig = {"OUT": "*fp32", "AUX": "*i32", "HIDDEN": f"*{dt}", "MASK": "*u8"}
                 fwd_sig.update(CU="*i32", stride_o="i32", stride_h="i32", **tail)
                 bwd_sig = {"DH": f"*{dt}", "DOUT": "*fp32", "AUX": "*i32", "MASK": "*u8"}
                 bwd_sig.update(CU="*i32", stride_dh="i32", stride_do="i32", **tail)
                 tag = f"H={h} {dt} {mode}"
-                yield f"segment_pool_fwd {tag}", _segment_pool_fwd_kernel, fwd_sig, const, options
-                yield f"segment_pool_bwd {tag}", _segment_pool_bwd_kernel, bwd_sig, const, options
+                yield f"segment_pool_fwd {tag}", _segment_pool_fwd_kernel, fwd_sig, *launch[False]
+                yield f"segment_pool_bwd {tag}", _segment_pool_bwd_kernel, bwd_sig, *launch[True]

@@ -295,3 +295,20 @@ def test_the_gpu_stage_runs_every_file_with_gpu_tests():
     collected = {line.split("::")[0] for line in r.stdout.splitlines() if "::" in line}
     assert collected, r.stdout + r.stderr
     assert collected <= set(mod.gpu_test_files()), collected - set(mod.gpu_test_files())
+
+
+def test_the_tile_sweep_dry_run(tmp_path):
+    """bench/tune_kernels.py (the tile sweep run on the H200) at tiny shapes under the
+    interpreter: every variant row is written, each checked against the default tiles' output
+    (equal here: the tiles change the order of the sums, not the math)."""
+    out = tmp_path / "tune.json"
+    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, str(ROOT / "bench" / "tune_kernels.py"), "--dry-run", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    kinds = {(r["kernel"], r.get("head_dim")) for r in res["rows"]}
+    assert {("fwd", 16), ("bwd", 16), ("pool-mean-fwd", None)} <= kinds
+    assert not [r for r in res["rows"] if "error" in r], res["rows"]
+    assert all(r["max_abs_diff_vs_default"] < 1e-5 and r["ms"] > 0 for r in res["rows"])
+    assert res["rows"][-1]["kernel"] == "pool-mean-fwd" and "shape" in proc.stdout

@@ -161,8 +161,12 @@ def test_forward_uses_tensor_cores_bf16():
 def test_compile_matrix(request, kernel, dt, head_dim, causal):
     skip_unless_slow(request)
     row = _check(kernel, dt, head_dim, causal)
-    # the brief asks this of the forward at D <= 128; every 16-bit config meets it today
-    assert row["stack"] == 0 and row["local"] == 0, f"spills: {row}"
+    # The forward (and every kernel but one) compiles with no stack at all. dK/dV at head dims
+    # 65-128 runs 4 warps (one warpgroup) at 255 registers with a small stack frame (8-24
+    # bytes under Triton 3.9): 1.8x faster than 8 warps without one, measured on an H200
+    # (bench/tune_kernels.py, bench/NOTES.md). A real spill is hundreds of bytes or more.
+    small_stack = kernel == "dkdv" and 64 < head_dim <= 128 and row["warps"] == 4
+    assert row["local"] == 0 and row["stack"] <= (32 if small_stack else 0), f"spills: {row}"
 
 
 @pytest.mark.slow

@@ -42,7 +42,12 @@ def test_overlapped_equals_sequential_and_cpu(ckpt, dtype, monkeypatch):
     assert gpu.last_encode_stats["overlap"] and gpu.last_encode_stats["batches"] > 10
     monkeypatch.setenv("LLM2VEC_FAST_PIPELINE", "0")
     seq = gpu.encode(xs, batch_size=8, chunk_size=64, show_progress_bar=False)
-    assert_close(got, seq, atol=0, rtol=0)  # same batches, same kernels: identical
+    # A missing wait on a batch's copy shows as errors of order 1. bfloat16 came out identical
+    # on an H200; float32 differed in the last bits (at most 4.8e-7 absolute, 35% of the
+    # elements), cause not pinned down: the model and pooling run in the caller's thread and
+    # on the current stream in both modes.
+    tol = {"float32": (1e-5, 1e-4), "bfloat16": (0.0, 0.0)}[dtype]
+    assert_close(got, seq, atol=tol[0], rtol=tol[1])
     if dtype == "float32":
         cpu = LLM2Vec.from_pretrained(ckpt, device="cpu", max_length=128)
         ref = cpu.encode(xs, batch_size=8, chunk_size=64, show_progress_bar=False)
