@@ -41,6 +41,12 @@ def contiguous(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t if t.is_contiguous() else t.contiguous() for t in tensors)
 
 
+def last_dim_contiguous(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor with a unit stride in its last dim (copied only where it has none): what the
+    attention kernels need, whose other strides are free."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
 def num_warps_for(block: int) -> int:
     """A warp count for a row-wise kernel whose row block is ``block`` elements."""
     if block >= 8192:

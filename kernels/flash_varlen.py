@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import flash_varlen_kernels as fk
-from ._launch import HAVE_TRITON, next_pow2
+from ._launch import HAVE_TRITON, last_dim_contiguous, next_pow2
 from .attention import check_qkv
 from .dropout_seeds import dropout_args
 from .varlen import Varlen
@@ -69,8 +69,9 @@ class FlashTiles:
 
 
 def flash_varlen_tiles(
-    head_dim: int, dtype: torch.dtype = torch.bfloat16, dropout: bool = False
-) -> FlashTiles:
+    head_dim: int, dtype: torch.dtype = torch.bfloat16, dropout: bool = False,
+    fast_dkdv: bool = True,
+) -> FlashTiles:  # fmt: skip
     """Tile sizes for ``head_dim`` (Hopper configs; checked by the sm_90 compile tests; at head
     dims 65-128 timed on an H200 by bench/tune_kernels.py, which chose them).
 
@@ -79,27 +80,32 @@ def flash_varlen_tiles(
     IEEE dots run without tensor cores and its registers spill heavily). ``dropout``: the
     kernels compiled with dropout (the mask does not depend on the tiles); at head dims above 128
     the forward takes 16-key blocks, where 32 spills (tests/test_kernels_sm90_attention_dropout.py).
+
+    ``fast_dkdv``: at head dims 65-128, 16-bit and without dropout, the dK/dV kernel runs one
+    warpgroup (4 warps) over 3 stages, 1.74-1.86x the 8 warps over 2 stages that every other
+    case keeps, for a stack frame of 8-24 bytes (H200, bench/NOTES.md). The others: with
+    dropout 4 warps spill, in float32 they take 14 KB of stack and 4.6x the compile time (13 s),
+    and the latent kernels (``fast_dkdv=False``) measured slower with them.
     """
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
     bd = max(16, next_pow2(head_dim))
     # Chosen from sm_90 compiles (tests/test_kernels_sm90_attention.py): no spills, registers
-    # <= ~250, shared memory well under 227 KB; at bd 128 timed on an H200 (4 warps won: dK/dV
-    # keeps a stack frame of 8-24 bytes for 1.8x). Block dims of 16/32 with 8 warps fall back from
-    # wgmma to mma.sync (D=256 backward), which keeps the fp32 accumulators out of local memory.
+    # <= ~250, shared memory well under 227 KB; the bd 128 forward (64x64, 4 warps) was timed on
+    # an H200. Block dims of 16/32 with 8 warps fall back from wgmma to mma.sync (D=256
+    # backward), which keeps the fp32 accumulators out of local memory.
     if bd <= 64:
         t = FlashTiles(bd, 128, 64, 8, 3, 32, 64, 4, 64, 32, 4, 3)
-    elif bd <= 128:  # measured on an H200 (bench/tune_kernels.py, bench/NOTES.md)
-        t = FlashTiles(bd, 64, 64, 4, 3, 32, 64, 4, 64, 32, 4, 3)
+    elif bd <= 128:
+        t = FlashTiles(bd, 64, 64, 4, 3, 32, 64, 8, 64, 32, 4, 2)
+        if fast_dkdv and not dropout and dtype != torch.float32:
+            t = replace(t, dkdv_warps=4, bwd_stages=3)
     else:
         t = FlashTiles(bd, 128, 32, 8, 2, 16, 32, 8, 32, 16, 8, 1)
     if dropout and bd > 128:
         t = replace(t, BLOCK_N=16)
-    if dropout and 64 < bd <= 128:  # dK/dV: 4 warps spill with the dropout mask's registers
-        t = replace(t, dkdv_warps=8, bwd_stages=2)
-    if dtype == torch.float32:  # one stage, so shared memory fits; dK/dV at bd 128 keeps 8
-        # warps: with 4 its float32 build has 14 KB of stack and compiles 4.6x slower (13 s)
-        t = replace(t, fwd_stages=1, bwd_stages=1, dkdv_warps=8 if bd == 128 else t.dkdv_warps)
+    if dtype == torch.float32:
+        t = replace(t, fwd_stages=1, bwd_stages=1)
     return t
 
 
@@ -122,10 +128,6 @@ def _check_inputs(q, k, v, cu_seqlens) -> None:
         raise ValueError(f"head_dim {q.shape[2]} > {MAX_HEAD_DIM} is not supported")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 or cu_seqlens.dtype != torch.int32:
         raise ValueError("cu_seqlens must be a 1-D int32 tensor [n_texts + 1]")
-
-
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -180,7 +182,7 @@ def flash_varlen_fwd(
     cu_seqlens, max_seqlen, causal = opts.cu_seqlens, opts.longest(), opts.causal
     _check_inputs(q, k, v, cu_seqlens)
     p, key, off, dropout = dropout_args(opts.dropout_p, opts.seed, opts.offset)
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = last_dim_contiguous(q, k, v)
     total, hq, d = q.shape
     hkv = k.shape[1]
     scale = opts.scale(d)
@@ -222,7 +224,7 @@ def flash_varlen_bwd(
     """
     cu_seqlens, max_seqlen, causal = opts.cu_seqlens, opts.longest(), opts.causal
     p, key, off, dropout = dropout_args(opts.dropout_p, opts.seed, opts.offset)
-    q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
+    q, k, v, o, do = last_dim_contiguous(q, k, v, o, do)
     total, hq, d = q.shape
     hkv = k.shape[1]
     group = hq // hkv

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from ._aot import Sm90Config
-from ._launch import HAVE_TRITON, INTERPRET, use_triton
-from .flash_varlen import FlashTiles, flash_varlen_tiles
+from ._launch import HAVE_TRITON, INTERPRET, last_dim_contiguous, use_triton
+from .flash_varlen import LOG2E, FlashTiles, flash_varlen_tiles
 
 if HAVE_TRITON:
     import triton
@@ -56,7 +55,6 @@ if HAVE_TRITON:
 __all__ = ["MAX_HEAD_DIM", "LatentTiles", "latent_attention_bwd", "latent_attention_fwd",
            "latent_attention_ref", "latent_attention_tiles", "uses_triton"]  # fmt: skip
 
-LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256  # wider heads take the PyTorch path (module docstring)
 DKDV_PROGRAMS = 512  # dK/dV: split the tokens until about this many programs run
 MIN_SPLIT_TOKENS = 512  # ... each split at least this many tokens
@@ -74,15 +72,11 @@ LatentTiles = FlashTiles
 
 def latent_attention_tiles(head_dim: int, dtype: torch.dtype = torch.bfloat16) -> LatentTiles:
     """Tile sizes for ``head_dim`` <= 256: the flash kernels' (:func:`flash_varlen_tiles`, no
-    dropout), one table for both, except the backward at head dims 65-128, which keeps 8 dK/dV
-    warps and 2 stages: measured there on an H200 (fwd+bwd 0.63 ms at 16.8k tokens x 512
-    latents, 8 heads), 0.86 ms with the flash kernels' 4 warps. tests/test_kernels_sm90_latent.py
-    checks these kernels compile with them without spills. float32 keeps the blocks with one
-    pipeline stage."""
-    t = flash_varlen_tiles(head_dim, dtype)
-    if 64 < t.BLOCK_D <= 128:
-        t = replace(t, dkdv_warps=8, bwd_stages=1 if dtype == torch.float32 else 2)
-    return t
+    dropout), one table for both, without its 4-warp dK/dV (``fast_dkdv``): on an H200 these
+    kernels ran fwd+bwd in 0.63 ms with 8 warps (16.8k tokens x 512 latents, 8 heads, D 128),
+    0.86 ms with 4. tests/test_kernels_sm90_latent.py checks these kernels compile with them
+    without spills. float32 keeps the blocks with one pipeline stage."""
+    return flash_varlen_tiles(head_dim, dtype, fast_dkdv=False)
 
 
 def dkdv_splits(tokens: int, latents: int, heads: int, tiles: LatentTiles) -> tuple[int, int]:
@@ -346,10 +340,6 @@ def uses_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return same and q.shape[2] <= MAX_HEAD_DIM and use_triton(q, k, v)
 
 
-def _last_dim_contiguous(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)
-
-
 def latent_attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, softmax_scale: float | None = None,
     tiles: LatentTiles | None = None,
@@ -360,7 +350,7 @@ def latent_attention_fwd(
     check_latent_qkv(q, k, v)
     if not uses_triton(q, k, v):
         return latent_attention_ref(q, k, v, softmax_scale)
-    q, k, v = _last_dim_contiguous(q, k, v)
+    q, k, v = last_dim_contiguous(q, k, v)
     (t_, h, d), r = q.shape, k.shape[0]
     t = tiles or latent_attention_tiles(d, q.dtype)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -386,7 +376,7 @@ def latent_attention_bwd(
     :func:`latent_attention_bwd_ref` where :func:`uses_triton` is False."""
     if not uses_triton(q, k, v):
         return latent_attention_bwd_ref(do, q, k, v, out, lse, softmax_scale)
-    q, k, v, out, do = _last_dim_contiguous(q, k, v, out, do)
+    q, k, v, out, do = last_dim_contiguous(q, k, v, out, do)
     (t_, h, d), r = q.shape, k.shape[0]
     t = tiles or latent_attention_tiles(d, q.dtype)
     scale = _scale(d, softmax_scale)

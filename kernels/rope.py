@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ._aot import SM90_DTYPES, Sm90Config
-from ._launch import HAVE_TRITON, next_pow2, num_warps_for
+from ._launch import HAVE_TRITON, last_dim_contiguous, next_pow2, num_warps_for
 
 if HAVE_TRITON:
     import triton
@@ -143,17 +143,13 @@ if HAVE_TRITON:
                      n_kv_heads, cos, -sin, HALF, BLOCK_KH, BLOCK_HALF, False)  # fmt: skip
 
 
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def _launch(kernel, a, b, position_ids, inv_freq, scaling):
     """Run the fwd or bwd kernel on a ``[T, Hq, D]``, b ``[T, Hkv, D]``; new outputs."""
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
         raise ValueError(
             f"expected q [T, Hq, D], k [T, Hkv, D]; got {tuple(a.shape)}, {tuple(b.shape)}"
         )
-    a, b = _last_dim_contiguous(a), _last_dim_contiguous(b)
+    a, b = last_dim_contiguous(a, b)
     n_tokens, n_q_heads, head_dim = a.shape
     n_kv_heads = b.shape[1]
     if position_ids.shape != (n_tokens,):
