@@ -53,6 +53,7 @@ from llm2vec_fast.checkpoint import LATENT_ATTENTION_FILE, CheckpointError
 from llm2vec_fast.kernels import Linear, segment_pool
 from llm2vec_fast.kernels import latent_attention as latent_attention_op
 from llm2vec_fast.kernels.latent_attention import uses_triton as latent_kernel_runs
+from llm2vec_fast.model import base_model
 
 __all__ = [
     "LATENT_ATTENTION_FILE",
@@ -247,8 +248,7 @@ def _segment_mean(rows: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
 
 def head_of(model: nn.Module) -> LatentAttentionHead | None:
     """The latent-attention head of an encoder (inside a PEFT wrapper too), or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, "latent_attention", None)
+    return getattr(base_model(model), "latent_attention", None)
 
 
 def latent_head(model: nn.Module) -> LatentAttentionHead:
@@ -267,12 +267,11 @@ def latent_head(model: nn.Module) -> LatentAttentionHead:
 def attach_head(model: nn.Module, head: LatentAttentionHead) -> LatentAttentionHead:
     """Make ``head`` the encoder's (``EncoderModel.latent_attention``), on the model's device
     and in its dtype; returns it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     p = next(base.parameters())
-    head = head.to(device=p.device, dtype=p.dtype)
-    head.fused = base.attn_implementation == "triton"
-    base.latent_attention = head
-    return head
+    base.latent_attention = head.to(device=p.device, dtype=p.dtype)
+    base.attn_implementation = base.attn_implementation  # hands the head its kernels (fused)
+    return base.latent_attention
 
 
 def save_head(head: LatentAttentionHead, directory: str | Path) -> Path:

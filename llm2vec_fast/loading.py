@@ -38,6 +38,7 @@ from llm2vec_fast.checkpoint import (
 from llm2vec_fast.devices import resolve_dtype
 from llm2vec_fast.latent_attention import LATENT_ATTENTION_FILE, attach_head, read_head
 from llm2vec_fast.latent_attention import POOLING_MODE as LATENT_POOLING
+from llm2vec_fast.model import base_model, is_peft
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -293,16 +294,6 @@ def load_base(base_dir: Path, base_weights_path, **kwargs):
         model = apply_adapter(model, base_dir, merge=True)
         return model, name_or_path
     return load_encoder(base_dir, **kwargs), name_or_path
-
-
-def is_peft(model) -> bool:
-    """True for a PEFT wrapper (``PeftModel``) around the encoder."""
-    return type(model).__name__.startswith("Peft")
-
-
-def base_model(model):
-    """The encoder inside a PEFT wrapper, or the model itself."""
-    return model.get_base_model() if is_peft(model) else model
 
 
 def _abspath(path) -> str | None:

@@ -55,6 +55,16 @@ _ACTIVATIONS = {
 }
 
 
+def is_peft(model) -> bool:
+    """True for a PEFT wrapper (``PeftModel``) around the encoder."""
+    return type(model).__name__.startswith("Peft")
+
+
+def base_model(model):
+    """The encoder inside a PEFT wrapper, or the model itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
 @dataclass
 class EncoderConfig:
     """The shape of an encoder, read from an HF ``PretrainedConfig`` by :meth:`from_hf`."""
