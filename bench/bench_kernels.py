@@ -118,6 +118,13 @@ def _meta() -> dict:
     }
 
 
+def cu_seqlens(lengths, device) -> torch.Tensor:
+    """int32 ``[n + 1]`` text boundaries of ``lengths`` on ``device``."""
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    return cu.to(device)
+
+
 def equal_lengths(length: int, total: int = 16_384) -> list:
     """``total // length`` texts of ``length`` tokens (at least one)."""
     return [length] * max(1, total // length)
@@ -194,9 +201,7 @@ def bench_attention(name, hq, hkv, d, lengths, dtype, no_flex, meta, rows, notes
 
     dev = DEVICE
     total, max_len = sum(lengths), max(lengths)
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    cu = cu.to(dev)
+    cu = cu_seqlens(lengths, dev)
     g = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(total, hq, d, device=dev, dtype=dtype, generator=g)
     k = torch.randn(total, hkv, d, device=dev, dtype=dtype, generator=g)
@@ -311,9 +316,7 @@ def bench_elementwise(n_texts, tokens, max_len, dtype, meta, rows):
         )
 
     lengths = batch_lengths(n_texts, tokens, max_len)
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    cu = cu.to(dev)
+    cu = cu_seqlens(lengths, dev)
     mask = torch.ones(tokens, dtype=torch.bool, device=dev)
     cfg = {"tokens": tokens, "texts": n_texts, "hidden": h, "dtype": dt, "mode": "mean"}
     nbytes = tokens * h * es + n_texts * h * 4

@@ -29,6 +29,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import bench_kernels as bk  # noqa: E402
+from gpu_check_tasks import host_bench  # noqa: E402
 
 # Each round's variants per head dim. forward: (BLOCK_M, BLOCK_N, warps, stages); backward:
 # (BLOCK_M1, BLOCK_N1, dK/dV warps), (BLOCK_M2, BLOCK_N2, dQ warps), stages; pooling:
@@ -81,9 +83,6 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny")
     args = ap.parse_args(argv)
 
-    import bench_kernels as bk
-    from gpu_check_tasks import host_bench
-
     from llm2vec_fast.kernels import pooling
     from llm2vec_fast.kernels.flash_varlen import (
         flash_varlen_bwd,
@@ -128,9 +127,7 @@ def main(argv=None) -> int:
         ref_fwd = tiny_tiles(base, fwd_list[0], "fwd") if dry else base
         ref_bwd = tiny_tiles(base, bwd_list[0], "bwd") if dry else base
         for shape, lengths in shapes.items():
-            cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-            cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-            opts = Varlen(cu.to(dev), max(lengths))
+            opts = Varlen(bk.cu_seqlens(lengths, dev), max(lengths))
             total = sum(lengths)
             q, k, v, do = (torch.randn(total, h, d, device=dev, dtype=dtype, generator=g)
                            for _ in range(4))  # fmt: skip
@@ -200,12 +197,9 @@ def main(argv=None) -> int:
 
 def pool_variants(res, pooling, lengths, hidden, dtype, dev, g, bench, over) -> None:
     """Segment mean pooling of the mixed batch's tokens per (BLOCK_T, BLOCK_H, warps)."""
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    total = sum(lengths)
+    total, cu = sum(lengths), bk.cu_seqlens(lengths, dev)
     x = torch.randn(total, hidden, device=dev, dtype=dtype, generator=g)
     mask = pooling.mask_bytes(torch.ones(total, dtype=torch.bool), torch.device(dev))
-    cu = cu.to(dev)
     default = pooling._config(hidden, "mean")
     default = (default["BLOCK_T"], default["BLOCK_H"], default["num_warps"])
     ref = pooling.segment_pool_fwd(x, cu, mask, "mean")[0]
