@@ -38,12 +38,17 @@ from l2vf_support.nv_embed import LatentAttentionModel, padded  # noqa: E402
 from llm2vec_fast.latent_attention import LatentAttentionConfig, LatentAttentionHead  # noqa: E402
 
 
-def text_lengths(n: int, max_length: int) -> list[int]:
-    """Token counts of the first ``n`` lines of examples/sample.txt (repeated as needed), with
-    the default model's tokenizer when it is installed, else words x 1.3."""
+def sample_texts(n: int) -> list[str]:
+    """The first ``n`` lines of examples/sample.txt, repeated as needed."""
     root = Path(__file__).resolve().parents[1]
     lines = [ln for ln in (root / "examples" / "sample.txt").read_text().splitlines() if ln]
-    lines = (lines * (n // len(lines) + 1))[:n]
+    return (lines * (n // len(lines) + 1))[:n]
+
+
+def text_lengths(n: int, max_length: int) -> list[int]:
+    """Token counts of :func:`sample_texts`, with the default model's tokenizer when it is
+    installed, else words x 1.3."""
+    lines = sample_texts(n)
     try:
         from llm2vec_fast.default_model import default_model_path
         from llm2vec_fast.loading import load_tokenizer
@@ -61,9 +66,7 @@ def encode_share(n_texts: int, rounds: int = 3) -> dict:
     from llm2vec_fast.latent_attention import attach_head
 
     enc = LLM2Vec.from_pretrained(None, device="cpu")
-    root = Path(__file__).resolve().parents[1]
-    lines = [ln for ln in (root / "examples" / "sample.txt").read_text().splitlines() if ln]
-    texts = (lines * (n_texts // len(lines) + 1))[:n_texts]
+    texts = sample_texts(n_texts)
     attach_head(enc.model, LatentAttentionHead(enc.config.hidden_size))
     enc.encode(texts, show_progress_bar=False)  # warm-up
     best = {"mean": float("inf"), "latent_attention": float("inf")}
@@ -77,13 +80,10 @@ def encode_share(n_texts: int, rounds: int = 3) -> dict:
             "encode_added": best["latent_attention"] / best["mean"] - 1}  # fmt: skip
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -135,8 +135,8 @@ def main() -> None:
         run_ours(), run_ref()  # warm-up
         t_ours, t_ref = [], []
         for _ in range(args.repeats):  # alternating, so drift hits both alike
-            t_ours.append(median_seconds(run_ours, 1))
-            t_ref.append(median_seconds(run_ref, 1))
+            t_ours.append(seconds(run_ours))
+            t_ref.append(seconds(run_ref))
     tokens = sum(lengths)
     padded_tokens = sum(b[3][0].shape[0] * b[3][0].shape[1] for b in batches)
     res = {
