@@ -25,9 +25,7 @@ import collections
 import hashlib
 import json
 import re
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -80,13 +78,11 @@ def ptx_fingerprint(ptx: str) -> tuple[collections.Counter, str]:
 def sass_fingerprint(cubin: bytes) -> tuple[collections.Counter, str]:
     """Opcode histogram of the cubin's SASS (``cuobjdump -sass``) and a hash of its instructions
     with addresses stripped."""
-    import triton
+    from llm2vec_fast.kernels._aot import cuobjdump
 
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
+    out = cuobjdump(cubin, "-sass")
+    if out is None:
+        raise SystemExit("this triton wheel has no cuobjdump: no SASS to fingerprint")
     hist: collections.Counter = collections.Counter()
     norm = []
     for line in out.splitlines():

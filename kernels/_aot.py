@@ -101,20 +101,25 @@ def _cuobjdump() -> Path | None:
     return p if p.is_file() and os.access(p, os.X_OK) else None
 
 
-def resource_usage(cubin: bytes) -> tuple[int | None, int | None, int | None]:
-    """(registers per thread, LOCAL bytes, STACK bytes) from ``cuobjdump --dump-resource-usage``;
-    Nones when the tool is unavailable."""
+def cuobjdump(cubin: bytes, flag: str) -> str | None:
+    """What triton's ``cuobjdump <flag>`` prints for ``cubin`` (``--dump-resource-usage``,
+    ``-sass``); None when the wheel has no such tool."""
     tool = _cuobjdump()
     if tool is None:
-        return None, None, None
+        return None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run(
-            [str(tool), "--dump-resource-usage", f.name],
-            capture_output=True,
-            text=True,
-            check=False,
+        return subprocess.run(
+            [str(tool), flag, f.name], capture_output=True, text=True, check=False
         ).stdout
+
+
+def resource_usage(cubin: bytes) -> tuple[int | None, int | None, int | None]:
+    """(registers per thread, LOCAL bytes, STACK bytes) from ``cuobjdump --dump-resource-usage``;
+    Nones when the tool is unavailable."""
+    out = cuobjdump(cubin, "--dump-resource-usage")
+    if out is None:
+        return None, None, None
     found = [re.search(rf"{name}:(\d+)", out) for name in ("REG", "LOCAL", "STACK")]
     return tuple(int(m.group(1)) if m else None for m in found)
