@@ -52,6 +52,9 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
+    # the flash kernels' tile pointers, loads and stores (a row offset of 0: no packed texts)
+    from .flash_varlen_kernels import _cols, _load_rows, _rows, _store_rows
+
 __all__ = ["MAX_HEAD_DIM", "LatentTiles", "latent_attention_bwd", "latent_attention_fwd",
            "latent_attention_ref", "latent_attention_tiles", "uses_triton"]  # fmt: skip
 
@@ -179,29 +182,6 @@ if HAVE_TRITON:
         return tl.program_id(1), offs, offs < n_rows, tl.arange(0, STEP), offs_d, offs_d < HEAD_DIM
 
     @triton.jit
-    def _tile(X, offs_r, stride_r, h, stride_h, offs_d):
-        """Pointers ``[len(offs_r), BLOCK_D]`` to rows ``offs_r`` of head ``h`` of a ``[rows, H,
-        D]`` tensor (row stride ``stride_r``, head stride ``stride_h``)."""
-        return X + offs_r[:, None] * stride_r + h * stride_h + offs_d[None, :]
-
-    @triton.jit
-    def _tile_t(X, offs_r, stride_r, h, stride_h, offs_d):
-        """:func:`_tile` transposed: pointers ``[BLOCK_D, len(offs_r)]``."""
-        return X + offs_r[None, :] * stride_r + h * stride_h + offs_d[:, None]
-
-    @triton.jit
-    def _load_tile(X, offs_r, r_ok, stride_r, h, stride_h, offs_d, d_ok):
-        """The tile at :func:`_tile`, zero outside the rows ``r_ok`` and the head dims ``d_ok``."""
-        ptrs = _tile(X, offs_r, stride_r, h, stride_h, offs_d)
-        return tl.load(ptrs, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-
-    @triton.jit
-    def _store_tile(X, x, offs_r, r_ok, stride_r, h, stride_h, offs_d, d_ok):
-        """Store ``x`` at :func:`_tile` in ``X``'s dtype, at the rows ``r_ok`` and dims ``d_ok``."""
-        ptrs = _tile(X, offs_r, stride_r, h, stride_h, offs_d)
-        tl.store(ptrs, x.to(X.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
-
-    @triton.jit
     def latent_attention_fwd_kernel(
         Q, K, V, O, LSE,
         stride_qt, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_ot, stride_oh,
@@ -216,9 +196,9 @@ if HAVE_TRITON:
         h, offs_m, m_ok, offs_n, offs_d, d_ok = _offsets(n_tokens, BLOCK_M, BLOCK_N, HEAD_DIM,
                                                          BLOCK_D)  # fmt: skip
         rows = offs_m.to(tl.int64)
-        q = _load_tile(Q, rows, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
-        kt_ptrs = _tile_t(K, offs_n, stride_kr, h, stride_kh, offs_d)  # [D, N]
-        v_ptrs = _tile(V, offs_n, stride_vr, h, stride_vh, offs_d)
+        q = _load_rows(Q, 0, rows, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
+        kt_ptrs = _cols(K, 0, offs_n, stride_kr, h, stride_kh, offs_d)  # [D, N]
+        v_ptrs = _rows(V, 0, offs_n, stride_vr, h, stride_vh, offs_d)
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -238,7 +218,7 @@ if HAVE_TRITON:
         acc = acc / l_i[:, None]
         lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # natural log
         tl.store(LSE + h.to(tl.int64) * n_tokens + offs_m, lse, mask=m_ok)
-        _store_tile(O, acc, rows, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
+        _store_rows(O, acc, 0, rows, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
 
     @triton.jit
     def latent_attention_bwd_dq_kernel(
@@ -254,17 +234,17 @@ if HAVE_TRITON:
         h, offs_m, m_ok, offs_n, offs_d, d_ok = _offsets(n_tokens, BLOCK_M2, BLOCK_N2, HEAD_DIM,
                                                          BLOCK_D)  # fmt: skip
         rows = offs_m.to(tl.int64)
-        q = _load_tile(Q, rows, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
-        do = _load_tile(DO, rows, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
-        o = _load_tile(O, rows, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
+        q = _load_rows(Q, 0, rows, m_ok, stride_qt, h, stride_qh, offs_d, d_ok)
+        do = _load_rows(DO, 0, rows, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
+        o = _load_rows(O, 0, rows, m_ok, stride_ot, h, stride_oh, offs_d, d_ok)
         di = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
         row_h = h.to(tl.int64) * n_tokens + offs_m
         tl.store(DELTA + row_h, di, mask=m_ok)
         lse2 = tl.load(LSE + row_h, mask=m_ok, other=0.0) * 1.4426950408889634
         dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
         # K, V loaded transposed: [BLOCK_D, BLOCK_N2]
-        kt_ptrs = _tile_t(K, offs_n, stride_kr, h, stride_kh, offs_d)
-        vt_ptrs = _tile_t(V, offs_n, stride_vr, h, stride_vh, offs_d)
+        kt_ptrs = _cols(K, 0, offs_n, stride_kr, h, stride_kh, offs_d)
+        vt_ptrs = _cols(V, 0, offs_n, stride_vr, h, stride_vh, offs_d)
         for n0 in range(0, n_latents, BLOCK_N2):
             n_ok = (n0 + offs_n) < n_latents
             kv_mask = d_ok[:, None] & n_ok[None, :]
@@ -276,7 +256,7 @@ if HAVE_TRITON:
             ds = p * (dp - di[:, None])
             dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
         dq = dq * sm_scale
-        _store_tile(DQ, dq, rows, m_ok, stride_dqt, h, stride_dqh, offs_d, d_ok)
+        _store_rows(DQ, dq, 0, rows, m_ok, stride_dqt, h, stride_dqh, offs_d, d_ok)
 
     @triton.jit
     def latent_attention_bwd_dkdv_kernel(
@@ -293,8 +273,8 @@ if HAVE_TRITON:
                                                          BLOCK_D)  # fmt: skip
         split = tl.program_id(2)
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = _load_tile(K, offs_n, n_ok, stride_kr, h, stride_kh, offs_d, d_ok)
-        v = _load_tile(V, offs_n, n_ok, stride_vr, h, stride_vh, offs_d, d_ok)
+        k = _load_rows(K, 0, offs_n, n_ok, stride_kr, h, stride_kh, offs_d, d_ok)
+        v = _load_rows(V, 0, offs_n, n_ok, stride_vr, h, stride_vh, offs_d, d_ok)
         dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         lo = split * split_tokens
@@ -305,10 +285,10 @@ if HAVE_TRITON:
             rows = (m0 + offs_m).to(tl.int64)
             # Q loaded transposed: [BLOCK_D, BLOCK_M1]
             qt = tl.load(
-                _tile_t(Q, rows, stride_qt, h, stride_qh, offs_d),
+                _cols(Q, 0, rows, stride_qt, h, stride_qh, offs_d),
                 mask=d_ok[:, None] & m_ok[None, :], other=0.0,
             )  # fmt: skip
-            do = _load_tile(DO, rows, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
+            do = _load_rows(DO, 0, rows, m_ok, stride_dot, h, stride_doh, offs_d, d_ok)
             lse2 = tl.load(LSE + row_h + rows, mask=m_ok, other=0.0) * 1.4426950408889634
             di = tl.load(DELTA + row_h + rows, mask=m_ok, other=0.0)
             qkt = tl.dot(k, qt, input_precision=DOT_PREC)  # [BLOCK_N1, BLOCK_M1]
